@@ -1,0 +1,440 @@
+//! The admin client commands: deploy, ls, show, versions, rm, rollback, invoke.
+
+use super::ClientArgs;
+use super::client::{AdminClient, bytes_body, progress_body, server_error};
+use crate::settings::FunctionSettings;
+use crate::units::{format_size, parse_duration, parse_size};
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::Args;
+use http::{HeaderValue, Method, header};
+use serde_json::Value;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Options of `fnctl deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The component (.wasm, built for wasm32-wasip2).
+    pub file: PathBuf,
+    /// The function's name ([a-z0-9-], starting with a letter).
+    #[arg(long)]
+    pub name: String,
+    /// An extra route prefix besides /fn/NAME (repeatable; longest prefix wins).
+    #[arg(long = "route")]
+    pub routes: Vec<String>,
+    /// Linear-memory cap per invocation.
+    #[arg(long, default_value = "128MiB")]
+    pub memory: String,
+    /// Wall-clock timeout per invocation.
+    #[arg(long, default_value = "30s")]
+    pub timeout: String,
+    /// Invocations running at once.
+    #[arg(long, default_value_t = crate::settings::DEFAULT_MAX_CONCURRENCY)]
+    pub max_concurrency: u32,
+    /// Requests waiting for a slot before the node answers 503.
+    #[arg(long, default_value_t = crate::settings::DEFAULT_QUEUE_DEPTH)]
+    pub queue_depth: u32,
+    /// Largest request body.
+    #[arg(long, default_value = "10MiB")]
+    pub max_body: String,
+    /// An environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Grant outbound HTTP requests and sockets.
+    #[arg(long)]
+    pub allow_outbound: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// Options of `fnctl ls`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// Options of commands that take just a function name.
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    /// The function's name.
+    pub name: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// Options of `fnctl rollback`.
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The function's name.
+    pub name: String,
+    /// The version to switch to [default: the one before the current].
+    #[arg(long)]
+    pub to: Option<u64>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// Options of `fnctl invoke`.
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// The function's name.
+    pub name: String,
+    /// The request body.
+    #[arg(long, short = 'd', conflicts_with = "data_file")]
+    pub data: Option<String>,
+    /// Read the request body from a file (`-` for stdin).
+    #[arg(long)]
+    pub data_file: Option<PathBuf>,
+    /// HTTP method the function sees [default: POST with a body, GET without].
+    #[arg(long, short = 'X')]
+    pub method: Option<String>,
+    /// Path below /fn/NAME the function sees, e.g. /greet?name=ada.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// A request header `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H')]
+    pub headers: Vec<String>,
+    /// Print the status line and headers before the body.
+    #[arg(long, short = 'i')]
+    pub include: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+fn encode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
+fn print_json(value: &Value) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl deploy FILE --name NAME ...`
+pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
+    let mut settings = FunctionSettings {
+        routes: Vec::new(),
+        memory_bytes: parse_size(&args.memory).context("--memory")?,
+        timeout_ms: parse_duration(&args.timeout)
+            .context("--timeout")?
+            .as_millis()
+            .try_into()
+            .context("--timeout is too long")?,
+        max_concurrency: args.max_concurrency,
+        queue_depth: args.queue_depth,
+        max_body_bytes: parse_size(&args.max_body).context("--max-body")?,
+        env: Vec::new(),
+        allow_outbound: args.allow_outbound,
+    };
+    for route in &args.routes {
+        settings.routes.push(crate::names::normalize_route(route).context("--route")?);
+    }
+    for pair in &args.env {
+        let (key, value) = pair
+            .split_once('=')
+            .with_context(|| format!("--env `{pair}` is not KEY=VALUE"))?;
+        settings.env.push((key.to_string(), value.to_string()));
+    }
+    settings.validate()?;
+    crate::names::validate_name(&args.name).context("--name")?;
+
+    let component = std::fs::read(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let client = AdminClient::connect(&args.client)?;
+    let size = component.len() as u64;
+    let quiet = args.client.json;
+    if !quiet {
+        eprintln!(
+            "Uploading {} ({}) to {} ...",
+            args.file.display(),
+            human_bytes(size),
+            client.base()
+        );
+    }
+    let started = Instant::now();
+    let body = progress_body(Bytes::from(component), move || {
+        if !quiet {
+            eprintln!("Uploaded; the node is validating and compiling the component ...");
+        }
+    });
+    let path = format!("/v1/functions/{}/versions?{}", encode(&args.name), settings.to_query());
+    let answer = client.send(
+        Method::POST,
+        &path,
+        &[(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))],
+        body,
+    )?;
+    let value = answer.json()?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    println!(
+        "Deployed {} version {} in {:.1}s (compiled in {} ms)",
+        value["name"].as_str().unwrap_or_default(),
+        value["version"],
+        started.elapsed().as_secs_f64(),
+        value["compile_ms"]
+    );
+    println!("  url:    {}", value["url"].as_str().unwrap_or_default());
+    println!("  routes: {}", join(&value["routes"]));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_bytes(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+    } else if bytes >= 1 << 10 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+fn join(values: &Value) -> String {
+    values
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Prints rows as a table with aligned columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+/// `fnctl ls`
+pub fn list(args: ListArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(Method::GET, "/v1/functions", None)?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    let functions = value["functions"].as_array().cloned().unwrap_or_default();
+    if functions.is_empty() {
+        println!("No functions deployed. Deploy one with `fnctl deploy FILE.wasm --name NAME`.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|f| {
+            vec![
+                f["name"].as_str().unwrap_or_default().to_string(),
+                f["version"].to_string(),
+                join(&f["routes"]),
+                f["memory"].as_str().unwrap_or_default().to_string(),
+                f["timeout"].as_str().unwrap_or_default().to_string(),
+                f["max_concurrency"].to_string(),
+                format!("{}/{}", f["running"], f["queued"]),
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "VERSION", "ROUTES", "MEMORY", "TIMEOUT", "CONCURRENCY", "RUNNING/QUEUED"],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl show NAME`
+pub fn show(args: NameArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(Method::GET, &format!("/v1/functions/{}", encode(&args.name)), None)?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    for key in [
+        "name", "version", "versions", "url", "routes", "memory", "timeout", "max_concurrency",
+        "queue_depth", "max_body", "allow_outbound", "env", "sha256", "component_bytes", "deployed_at",
+    ] {
+        let shown = match &value[key] {
+            Value::String(s) => s.clone(),
+            Value::Array(_) => join(&value[key]),
+            other => other.to_string(),
+        };
+        println!("{key:<16}{shown}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl versions NAME`
+pub fn versions(args: NameArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(
+        Method::GET,
+        &format!("/v1/functions/{}/versions", encode(&args.name)),
+        None,
+    )?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    let rows: Vec<Vec<String>> = value["versions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| {
+            vec![
+                v["version"].to_string(),
+                if v["current"].as_bool() == Some(true) { "*".into() } else { String::new() },
+                v["deployed_at"].as_str().unwrap_or_default().to_string(),
+                format_size(v["component_bytes"].as_u64().unwrap_or_default()),
+                v["sha256"].as_str().unwrap_or_default().chars().take(12).collect(),
+            ]
+        })
+        .collect();
+    print_table(&["VERSION", "CURRENT", "DEPLOYED", "SIZE", "SHA256"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl rm NAME`
+pub fn remove(args: NameArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(Method::DELETE, &format!("/v1/functions/{}", encode(&args.name)), None)?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    println!("Removed {}", args.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl rollback NAME [--to VERSION]`
+pub fn rollback(args: RollbackArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let body = args.to.map(|version| serde_json::json!({ "version": version }));
+    let value = client.json(
+        Method::POST,
+        &format!("/v1/functions/{}/rollback", encode(&args.name)),
+        body,
+    )?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    println!(
+        "{} now serves version {} (versions: {})",
+        args.name,
+        value["version"],
+        join(&value["versions"])
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl invoke NAME [--data ...]`
+pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
+    let body = match (&args.data, &args.data_file) {
+        (Some(data), _) => Some(Bytes::from(data.clone())),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buffer = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer).context("reading stdin")?;
+            Some(Bytes::from(buffer))
+        }
+        (None, Some(path)) => Some(Bytes::from(
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        )),
+        (None, None) => None,
+    };
+    let method = match &args.method {
+        Some(method) => method.to_uppercase(),
+        None if body.is_some() => "POST".to_string(),
+        None => "GET".to_string(),
+    };
+    let mut headers = Vec::new();
+    for header in &args.headers {
+        let (name, value) = header
+            .split_once(':')
+            .with_context(|| format!("header `{header}` is not `Name: value`"))?;
+        let name = header::HeaderName::from_bytes(name.trim().as_bytes())
+            .with_context(|| format!("invalid header name in `{header}`"))?;
+        let value = HeaderValue::from_str(value.trim()).with_context(|| format!("invalid header value in `{header}`"))?;
+        headers.push((name, value));
+    }
+    let client = AdminClient::connect(&args.client)?;
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("method", &method);
+    if !args.path.is_empty() {
+        query.append_pair("path", &args.path);
+    }
+    let path = format!("/v1/functions/{}/invoke?{}", encode(&args.name), query.finish());
+    let answer = client.send(
+        Method::POST,
+        &path,
+        &headers,
+        bytes_body(body.unwrap_or_default()),
+    )?;
+    let invocation = answer
+        .headers
+        .get(crate::invoke::INVOCATION_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    if args.client.json {
+        let body_text = String::from_utf8_lossy(&answer.body).to_string();
+        let body = serde_json::from_str::<Value>(&body_text).unwrap_or(Value::String(body_text));
+        print_json(&serde_json::json!({
+            "status": answer.status.as_u16(),
+            "invocation_id": invocation,
+            "body": body,
+        }))?;
+    } else {
+        if args.include {
+            println!("HTTP {}", answer.status);
+            for (name, value) in &answer.headers {
+                println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
+            }
+            println!();
+        }
+        if answer.status.is_success() || args.include {
+            std::io::stdout().write_all(&answer.body)?;
+            if !answer.body.ends_with(b"\n") {
+                println!();
+            }
+        }
+    }
+    if !answer.status.is_success() {
+        let error = server_error(&answer);
+        if !args.client.json {
+            eprintln!("error: {error:#} [invocation {invocation}]");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let _ = bail_if_empty(&invocation);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bail_if_empty(invocation: &str) -> Result<()> {
+    if invocation.is_empty() {
+        bail!("the node sent no invocation id");
+    }
+    Ok(())
+}

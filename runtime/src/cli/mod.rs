@@ -1,0 +1,81 @@
+//! The `fnctl` command line: `serve` runs a node; the other commands talk to a node's admin API.
+
+mod client;
+mod commands;
+mod serve;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// The data directory used when neither `--data` nor `FLINT_DATA` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = "flint-data";
+
+/// fnctl: run and manage Flint, serverless WebAssembly functions with a pooled GPU.
+#[derive(Debug, Parser)]
+#[command(name = "fnctl", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node: functions on --listen, the admin API on --admin.
+    Serve(serve::ServeArgs),
+    /// Deploy a component (a new version if NAME exists).
+    Deploy(commands::DeployArgs),
+    /// List deployed functions.
+    Ls(commands::ListArgs),
+    /// Show one function.
+    Show(commands::NameArgs),
+    /// List a function's versions.
+    Versions(commands::NameArgs),
+    /// Remove a function and all its versions.
+    Rm(commands::NameArgs),
+    /// Switch a function back to its previous version (or --to VERSION).
+    Rollback(commands::RollbackArgs),
+    /// Invoke a function through the admin API and print its answer.
+    Invoke(commands::InvokeArgs),
+}
+
+/// How a client command finds the node and its token.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The admin API address [default: from DATA/node.json, else http://127.0.0.1:8081].
+    #[arg(long, env = "FNCTL_SERVER", global = true)]
+    pub server: Option<String>,
+    /// The admin token [default: read from DATA/admin-token].
+    #[arg(long, env = "FNCTL_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The node's data directory, to find its token and address on this machine.
+    #[arg(long = "data-dir", env = "FLINT_DATA", global = true, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print JSON instead of tables and messages.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Runs `fnctl` with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Deploy(args) => commands::deploy(args),
+        Command::Ls(args) => commands::list(args),
+        Command::Show(args) => commands::show(args),
+        Command::Versions(args) => commands::versions(args),
+        Command::Rm(args) => commands::remove(args),
+        Command::Rollback(args) => commands::rollback(args),
+        Command::Invoke(args) => commands::invoke(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

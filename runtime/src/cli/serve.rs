@@ -1,0 +1,82 @@
+//! `fnctl serve`: runs a node until SIGTERM or ctrl-c, then drains and exits 0.
+
+use crate::engine::EngineOptions;
+use crate::node::{DEFAULT_MAX_COMPONENT_BYTES, Node, NodeOptions};
+use crate::server::{self, ServeOptions};
+use crate::units::{format_size, parse_duration, parse_size};
+use anyhow::{Context, Result};
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Options of `fnctl serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the public listener (functions at /fn/NAME/).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (JSON API under /v1/).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub admin: SocketAddr,
+    /// Data directory: registry, admin token, node.json.
+    #[arg(long, env = "FLINT_DATA", default_value = super::DEFAULT_DATA_DIR)]
+    pub data: PathBuf,
+    /// Largest component a deploy may upload.
+    #[arg(long, default_value_t = format_size(DEFAULT_MAX_COMPONENT_BYTES), value_parser = parse_size_arg)]
+    pub max_component_size: String,
+    /// Component instances alive at once, node-wide.
+    #[arg(long, default_value_t = 1000)]
+    pub max_instances: u32,
+    /// How long in-flight requests may finish after SIGTERM/ctrl-c.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+fn parse_size_arg(text: &str) -> Result<String, String> {
+    parse_size(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+}
+
+/// Runs the node.
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("flint")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let options = NodeOptions {
+            data_dir: args.data.clone(),
+            max_component_bytes: parse_size(&args.max_component_size)?,
+            engine: EngineOptions {
+                max_instances: args.max_instances,
+            },
+        };
+        let node = Node::new(options)?;
+        let token = crate::token::load_or_create(&args.data)?;
+        let serve_options = ServeOptions {
+            listen: args.listen,
+            admin: args.admin,
+            drain_timeout: args.drain_timeout,
+        };
+        server::serve(node, token, serve_options, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("ctrl-c received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,106 @@
+//! The wasmtime engine every function shares: pooling allocator, async, epoch interruption,
+//! and the linker that gives guests what `wasmtime serve -S cli` gives them.
+
+use crate::host::InvocationState;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::Linker;
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the engine's epoch advances. A running guest yields to the async runtime at every
+/// tick (so one busy guest never starves others) and its timeout is checked then.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Sizing of the engine's pooling allocator.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Component instances alive at once, node-wide (every running invocation holds one).
+    pub max_instances: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { max_instances: 1000 }
+    }
+}
+
+/// Builds the shared engine: Cranelift, component model, pooling allocator sized by `options`,
+/// epoch interruption on.
+pub fn build_engine(options: EngineOptions) -> Result<Engine> {
+    let instances = options.max_instances.max(1);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        // A component is several core instances (the main module plus adapter shims), each of
+        // which may have a table; one linear memory is the norm.
+        .total_core_instances(instances.saturating_mul(8))
+        .total_tables(instances.saturating_mul(4))
+        .total_memories(instances.saturating_mul(2))
+        .total_stacks(instances)
+        .max_tables_per_module(8)
+        .max_memories_per_module(2)
+        // Interpreter-based components (componentize-py, ComponentizeJS) have large tables and
+        // instance state.
+        .table_elements(200_000)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20)
+        .max_memory_size(crate::settings::MAX_MEMORY as usize);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")
+}
+
+/// Builds the linker every function is instantiated against: all of WASI 0.2 (`cli`,
+/// `filesystem`, `sockets`, `clocks`, `random`, `io`; what `wasmtime serve -S cli` provides)
+/// plus `wasi:http`. Imports at any 0.2.x version resolve, as in wasmtime.
+pub fn build_linker(engine: &Engine) -> Result<Linker<InvocationState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("adding WASI to the linker")?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("adding wasi:http to the linker")?;
+    Ok(linker)
+}
+
+/// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    /// Starts ticking `engine`'s epoch.
+    pub fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("flint-epoch".into())
+            .spawn({
+                let stop = stop.clone();
+                move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EPOCH_TICK);
+                        engine.increment_epoch();
+                    }
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

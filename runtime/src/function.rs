@@ -1,0 +1,133 @@
+//! A deployed function loaded into memory: its manifest, its pre-instantiated component
+//! (built once per version, never per request) and its scheduler.
+//!
+//! Also the deploy-time checks that turn a byte blob into a servable component, each failure a
+//! clear message: not wasm, a core module instead of a component, imports the node cannot
+//! satisfy (named), no `wasi:http/incoming-handler` export.
+
+use crate::host::InvocationState;
+use crate::registry::{Manifest, VersionPaths};
+use crate::scheduler::Scheduler;
+use anyhow::{Context, Result, anyhow, bail};
+use std::sync::Arc;
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// One version of a function, ready to serve.
+pub struct LoadedFunction {
+    /// What was deployed and how it runs.
+    pub manifest: Manifest,
+    /// The function's name, shared with every invocation's log records.
+    pub name: Arc<str>,
+    /// Environment variables, shared by every invocation.
+    pub env: Arc<[(String, String)]>,
+    /// The pre-instantiated component.
+    pub pre: ProxyPre<InvocationState>,
+    /// Admission control.
+    pub scheduler: Scheduler,
+}
+
+impl std::fmt::Debug for LoadedFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedFunction")
+            .field("name", &self.name)
+            .field("version", &self.manifest.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedFunction {
+    /// Wraps a pre-instantiated component with its manifest.
+    pub fn new(manifest: Manifest, pre: ProxyPre<InvocationState>) -> Self {
+        let settings = &manifest.settings;
+        LoadedFunction {
+            name: Arc::from(manifest.name.as_str()),
+            env: Arc::from(settings.env.clone()),
+            scheduler: Scheduler::new(settings.max_concurrency, settings.queue_depth),
+            pre,
+            manifest,
+        }
+    }
+
+    /// Loads a version from disk: deserializes the precompiled artifact, or — if it was made by
+    /// another engine build — recompiles the component and returns the new artifact to store.
+    pub fn load(
+        engine: &Engine,
+        linker: &Linker<InvocationState>,
+        manifest: Manifest,
+        paths: &VersionPaths,
+    ) -> Result<(Self, Option<Vec<u8>>)> {
+        // SAFETY: the artifact was written by this node's registry from a component this node
+        // compiled itself; wasmtime checks it matches this engine's version and settings.
+        let loaded = unsafe { Component::deserialize_file(engine, &paths.artifact) };
+        let (component, new_artifact) = match loaded {
+            Ok(component) => (component, None),
+            Err(error) => {
+                tracing::warn!(
+                    function = %manifest.name,
+                    version = manifest.version,
+                    "precompiled artifact unusable ({error}); recompiling"
+                );
+                let bytes = std::fs::read(&paths.component)
+                    .with_context(|| format!("reading {}", paths.component.display()))?;
+                let component = compile(engine, &bytes)?;
+                let artifact = component.serialize().map_err(|e| anyhow!(e))?;
+                (component, Some(artifact))
+            }
+        };
+        let pre = pre_instantiate(linker, &component)?;
+        Ok((LoadedFunction::new(manifest, pre), new_artifact))
+    }
+}
+
+/// Compiles uploaded bytes into a component, with an author-friendly error for the usual
+/// mistakes (not wasm at all, a core module).
+pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        bail!("not a WebAssembly binary (it does not start with `\\0asm`)");
+    }
+    if wasmtime::wasmparser::Parser::is_core_wasm(bytes) {
+        bail!(
+            "this is a core WebAssembly module, not a component; build it for the \
+             `wasm32-wasip2` target (e.g. `cargo build --target wasm32-wasip2`) so it is a \
+             wasi:http component"
+        );
+    }
+    if !wasmtime::wasmparser::Parser::is_component(bytes) {
+        bail!("not a WebAssembly component (unknown binary version/layer)");
+    }
+    Component::new(engine, bytes).map_err(|e| anyhow!("the component does not compile: {e:#}"))
+}
+
+/// Links a component against the node's linker and checks it is a `wasi:http` proxy.
+pub fn pre_instantiate(
+    linker: &Linker<InvocationState>,
+    component: &Component,
+) -> Result<ProxyPre<InvocationState>> {
+    let instance_pre = linker.instantiate_pre(component).map_err(|error| {
+        // Flint provides WASI 0.2 only: any other package is certainly missing, so name them
+        // all; for a missing WASI interface wasmtime's own message names it.
+        let foreign: Vec<String> = component
+            .component_type()
+            .imports(linker.engine())
+            .map(|(name, _)| name.to_string())
+            .filter(|name| !name.starts_with("wasi:"))
+            .collect();
+        if foreign.is_empty() {
+            anyhow!("the component imports what Flint does not provide: {error:#}")
+        } else {
+            anyhow!(
+                "the component imports what Flint does not provide: {} (Flint provides WASI 0.2: \
+                 wasi:http, wasi:cli, wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets)",
+                foreign.join(", ")
+            )
+        }
+    })?;
+    ProxyPre::new(instance_pre).map_err(|error| {
+        anyhow!(
+            "the component does not export `wasi:http/incoming-handler` (0.2.x); a Flint function \
+             must be a wasi:http proxy component ({error:#})"
+        )
+    })
+}

@@ -1,0 +1,311 @@
+//! One invocation: admission, body limit, a fresh `Store` with its limits, the guest's
+//! `wasi:http/incoming-handler.handle`, and the mapping of every failure to a clear JSON error
+//! (trap 500, timeout 504, queue full 503 + `Retry-After`, body too large 413).
+
+use crate::error::{ApiError, ErrorKind};
+use crate::function::LoadedFunction;
+use crate::host::{InvocationInfo, InvocationState};
+use crate::node::Node;
+use crate::scheduler::Rejected;
+use crate::units::{format_duration, format_size};
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::Instrument;
+use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+/// The response header that carries the invocation id.
+pub const INVOCATION_ID_HEADER: &str = "x-flint-invocation-id";
+
+/// Errors inside response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the node sends.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A JSON response with `status`.
+pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(full_body(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The JSON error response for `error` (with `Retry-After` when it has one).
+pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
+    let mut response = json_response(error.kind.status(), &error.to_json());
+    if let Some(seconds) = error.retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// A fresh invocation id: 16 hex digits.
+pub fn new_invocation_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs one request through `function` and always answers: the guest's response, or a JSON
+/// error. Every answer carries `x-flint-invocation-id`.
+pub async fn invoke<B>(
+    node: &Node,
+    function: Arc<LoadedFunction>,
+    request: Request<B>,
+) -> Response<ResponseBody>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let invocation_id = new_invocation_id();
+    let span = tracing::info_span!(
+        "invocation",
+        function = %function.name,
+        version = function.manifest.version,
+        invocation = %invocation_id,
+    );
+    let started = Instant::now();
+    node.count_invocation();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let mut response = match run(node, &function, request, &invocation_id)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(response) => response,
+        Err(error) => {
+            span.in_scope(|| {
+                tracing::warn!(kind = ?error.kind, "invocation failed: {}", error.message)
+            });
+            error_response(&error)
+        }
+    };
+    if let Ok(value) = HeaderValue::from_str(&invocation_id) {
+        response.headers_mut().insert(INVOCATION_ID_HEADER, value);
+    }
+    span.in_scope(|| {
+        tracing::info!(
+            %method,
+            path,
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "answered"
+        )
+    });
+    response
+}
+
+async fn run<B>(
+    node: &Node,
+    function: &Arc<LoadedFunction>,
+    request: Request<B>,
+    invocation_id: &str,
+) -> Result<Response<ResponseBody>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let settings = &function.manifest.settings;
+    let admission = function.scheduler.admit().await.map_err(|rejected| match rejected {
+        Rejected::QueueFull => ApiError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "function `{}` is at its concurrency limit ({} running, {} queued); retry later",
+                function.name,
+                settings.max_concurrency,
+                settings.queue_depth
+            ),
+        )
+        .retry_after(1),
+        Rejected::Closed => ApiError::new(
+            ErrorKind::Unavailable,
+            format!("function `{}` is shutting down", function.name),
+        )
+        .retry_after(1),
+    })?;
+
+    let request = read_body(request, settings.max_body_bytes).await?;
+
+    let info = InvocationInfo {
+        function: function.name.clone(),
+        invocation_id: Arc::from(invocation_id),
+        memory_bytes: settings.memory_bytes,
+        env: function.env.clone(),
+        allow_outbound: settings.allow_outbound,
+    };
+    let timeout = settings.timeout();
+    let deadline = Instant::now() + timeout;
+    let mut store = Store::new(node.engine(), InvocationState::new(&info));
+    store.limiter(|state| &mut state.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (guest_request, outparam) = {
+        let mut http = store.data_mut().http();
+        let guest_request = http
+            .new_incoming_request(Scheme::Http, request)
+            .map_err(|e| ApiError::invalid(format!("unusable request: {e}")))?;
+        let outparam = http
+            .new_response_outparam(sender)
+            .map_err(|e| ApiError::internal(&anyhow::anyhow!(e)))?;
+        (guest_request, outparam)
+    };
+
+    let pre = function.pre.clone();
+    let task = tokio::spawn(
+        async move {
+            // The slot stays taken until the guest is done, response body included.
+            let _admission = admission;
+            let outcome = tokio::time::timeout(timeout, async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, guest_request, outparam)
+                    .await
+            })
+            .await;
+            let memory_denied = store.data().limiter.denied_bytes;
+            drop(store);
+            (outcome, memory_denied)
+        }
+        .in_current_span(),
+    );
+
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+        Ok(Err(code)) => Err(ApiError::new(
+            ErrorKind::BadGuestResponse,
+            format!("function `{}` answered with an error: {code:?}", function.name),
+        )),
+        Err(_) => {
+            let (outcome, memory_denied) = task.await.map_err(|e| {
+                ApiError::internal(&anyhow::anyhow!("invocation task failed: {e}"))
+            })?;
+            Err(classify_failure(function, outcome, memory_denied, timeout))
+        }
+    }
+}
+
+/// Reads the request body up to `max_bytes` (413 beyond) and makes sure the request has a
+/// `Host`, which wasi:http requires.
+async fn read_body<B>(request: Request<B>, max_bytes: u64) -> Result<Request<Full<Bytes>>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "the request body is larger than this function's limit of {}",
+                format_size(max_bytes)
+            ),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max_bytes) {
+        return Err(too_large());
+    }
+    let (mut parts, body) = request.into_parts();
+    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
+    let bytes = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(ApiError::invalid(format!("failed to read the request body: {error}")));
+        }
+    };
+    if !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    Ok(Request::from_parts(parts, Full::new(bytes)))
+}
+
+fn classify_failure(
+    function: &LoadedFunction,
+    outcome: Result<wasmtime::Result<()>, tokio::time::error::Elapsed>,
+    memory_denied: Option<usize>,
+    timeout: std::time::Duration,
+) -> ApiError {
+    let name = &function.name;
+    let timed_out = || {
+        ApiError::new(
+            ErrorKind::Timeout,
+            format!(
+                "function `{name}` ran past its timeout of {}",
+                format_duration(timeout)
+            ),
+        )
+    };
+    let error = match outcome {
+        Err(_elapsed) => return timed_out(),
+        Ok(Ok(())) => {
+            return ApiError::new(
+                ErrorKind::BadGuestResponse,
+                format!("function `{name}` returned without sending a response"),
+            );
+        }
+        Ok(Err(error)) => error,
+    };
+    if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+        return ApiError::new(
+            ErrorKind::Overloaded,
+            "the node is running as many instances as it is configured for; retry later",
+        )
+        .retry_after(1);
+    }
+    let trap = error.downcast_ref::<Trap>().copied();
+    tracing::warn!("guest failed: {error:#}");
+    if trap == Some(Trap::Interrupt) {
+        return timed_out();
+    }
+    if let Some(asked) = memory_denied {
+        return ApiError::new(
+            ErrorKind::GuestTrap,
+            format!(
+                "function `{name}` exceeded its memory limit of {} (it asked for {} bytes) and trapped",
+                format_size(function.manifest.settings.memory_bytes),
+                asked
+            ),
+        );
+    }
+    let what = match trap {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    ApiError::new(
+        ErrorKind::GuestTrap,
+        format!("function `{name}` trapped: {what} (its stderr in the node log may say why)"),
+    )
+}

@@ -1,0 +1,501 @@
+//! The node's state: the shared engine and linker, the registry on disk, and the functions it
+//! serves. Deploy, rollback and removal go through here, one at a time; serving reads a
+//! consistent snapshot (function map + route table) under a short read lock.
+
+use crate::engine::{self, EngineOptions, EpochTicker};
+use crate::error::{ApiError, ErrorKind};
+use crate::function::{self, LoadedFunction};
+use crate::host::InvocationState;
+use crate::names;
+use crate::registry::{Manifest, Registry};
+use crate::router::{RouteMatch, RouteTable};
+use crate::settings::FunctionSettings;
+use crate::units::{format_duration, format_size};
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Instant;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+/// Default largest component upload.
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
+/// How a node is set up.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Where the registry and the admin token live.
+    pub data_dir: PathBuf,
+    /// Largest component a deploy may upload (413 beyond).
+    pub max_component_bytes: u64,
+    /// Pooling allocator sizing.
+    pub engine: EngineOptions,
+}
+
+/// What is served right now: functions by name and the route table built from them.
+#[derive(Default)]
+struct Served {
+    functions: HashMap<String, Arc<LoadedFunction>>,
+    routes: RouteTable,
+}
+
+impl Served {
+    fn with(&self, change: impl FnOnce(&mut HashMap<String, Arc<LoadedFunction>>)) -> Served {
+        let mut functions = self.functions.clone();
+        change(&mut functions);
+        let routes = RouteTable::new(
+            functions
+                .iter()
+                .map(|(name, f)| (name.as_str(), f.manifest.settings.routes.as_slice())),
+        );
+        Served { functions, routes }
+    }
+}
+
+/// A running Flint node (without its listeners; see [`crate::server`]).
+pub struct Node {
+    engine: Engine,
+    linker: Linker<InvocationState>,
+    registry: Registry,
+    options: NodeOptions,
+    served: RwLock<Arc<Served>>,
+    changes: tokio::sync::Mutex<()>,
+    loaded: AtomicBool,
+    load_failures: Mutex<Vec<(String, String)>>,
+    public_addr: OnceLock<SocketAddr>,
+    invocations: AtomicU64,
+    _epoch: EpochTicker,
+}
+
+/// A function as the admin API describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionInfo {
+    /// The function's name.
+    pub name: String,
+    /// The version serving now.
+    pub version: u64,
+    /// Every version on disk.
+    pub versions: Vec<u64>,
+    /// Every path prefix it serves (`/fn/NAME` first).
+    pub routes: Vec<String>,
+    /// Where to reach it on the public listener.
+    pub url: String,
+    /// Memory cap per invocation, e.g. `128MiB`.
+    pub memory: String,
+    /// Timeout per invocation, e.g. `30s`.
+    pub timeout: String,
+    /// Invocations at once.
+    pub max_concurrency: u32,
+    /// Waiting requests allowed.
+    pub queue_depth: u32,
+    /// Largest request body, e.g. `10MiB`.
+    pub max_body: String,
+    /// Whether outbound network access is granted.
+    pub allow_outbound: bool,
+    /// Names of the environment variables set (values are not shown).
+    pub env: Vec<String>,
+    /// SHA-256 of the component.
+    pub sha256: String,
+    /// Size of the component in bytes.
+    pub component_bytes: u64,
+    /// When this version was deployed.
+    pub deployed_at: String,
+    /// Invocations running now.
+    pub running: usize,
+    /// Requests waiting now.
+    pub queued: usize,
+}
+
+/// What a deploy reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployOutcome {
+    /// The function as it now serves.
+    #[serde(flatten)]
+    pub function: FunctionInfo,
+    /// Milliseconds spent compiling and linking.
+    pub compile_ms: u64,
+}
+
+impl Node {
+    /// Opens the registry under `options.data_dir` and builds the engine. Functions are not
+    /// loaded yet: call [`Node::load_all`].
+    pub fn new(options: NodeOptions) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&options.data_dir)
+            .with_context(|| format!("creating the data dir {}", options.data_dir.display()))?;
+        let engine = engine::build_engine(options.engine)?;
+        let linker = engine::build_linker(&engine)?;
+        let registry = Registry::open(&options.data_dir)?;
+        Ok(Arc::new(Node {
+            _epoch: EpochTicker::start(engine.clone()),
+            engine,
+            linker,
+            registry,
+            options,
+            served: RwLock::new(Arc::new(Served::default())),
+            changes: tokio::sync::Mutex::new(()),
+            loaded: AtomicBool::new(false),
+            load_failures: Mutex::new(Vec::new()),
+            public_addr: OnceLock::new(),
+            invocations: AtomicU64::new(0),
+        }))
+    }
+
+    /// The node's options.
+    pub fn options(&self) -> &NodeOptions {
+        &self.options
+    }
+
+    /// The shared engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Records where the public listener is bound (used for the URLs the admin API reports).
+    pub fn set_public_addr(&self, addr: SocketAddr) {
+        let _ = self.public_addr.set(addr);
+    }
+
+    /// Counts one more invocation and returns the node-wide total so far.
+    pub fn count_invocation(&self) -> u64 {
+        self.invocations.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Invocations started since the node started.
+    pub fn invocation_count(&self) -> u64 {
+        self.invocations.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Arc<Served> {
+        self.served.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn publish(&self, served: Served) {
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+    }
+
+    /// Loads every deployed function from its precompiled artifact (recompiling only if the
+    /// artifact belongs to another engine build). A function that fails to load is logged and
+    /// reported by `/readyz`; the others serve.
+    pub async fn load_all(self: &Arc<Self>) -> Result<()> {
+        let names = self.registry.function_names()?;
+        let started = Instant::now();
+        let mut loaded = Vec::new();
+        for name in names {
+            let node = self.clone();
+            let result = tokio::task::spawn_blocking({
+                let name = name.clone();
+                move || node.load_current(&name)
+            })
+            .await
+            .map_err(|e| anyhow!("loader task failed: {e}"))
+            .and_then(|r| r);
+            match result {
+                Ok(function) => loaded.push(function),
+                Err(error) => {
+                    tracing::error!(function = %name, "failed to load: {error:#}");
+                    self.load_failures
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((name, format!("{error:#}")));
+                }
+            }
+        }
+        let _guard = self.changes.lock().await;
+        let count = loaded.len();
+        let served = self.snapshot().with(|functions| {
+            for function in loaded {
+                functions.insert(function.manifest.name.clone(), Arc::new(function));
+            }
+        });
+        self.publish(served);
+        self.loaded.store(true, Ordering::Release);
+        tracing::info!(
+            functions = count,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded deployed functions"
+        );
+        Ok(())
+    }
+
+    fn load_current(&self, name: &str) -> Result<LoadedFunction> {
+        let version = self
+            .registry
+            .current(name)?
+            .with_context(|| format!("function `{name}` has no current version"))?;
+        self.load_version(name, version)
+    }
+
+    fn load_version(&self, name: &str, version: u64) -> Result<LoadedFunction> {
+        let manifest = self.registry.manifest(name, version)?;
+        let paths = self.registry.paths(name, version);
+        let (function, new_artifact) =
+            LoadedFunction::load(&self.engine, &self.linker, manifest, &paths)
+                .with_context(|| format!("loading `{name}` version {version}"))?;
+        if let Some(artifact) = new_artifact {
+            self.registry.replace_artifact(name, version, &artifact)?;
+        }
+        Ok(function)
+    }
+
+    /// Whether every deployed function has been loaded (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Functions that failed to load at start, with the reason.
+    pub fn load_failures(&self) -> Vec<(String, String)> {
+        self.load_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The function serving `path`, and the prefix that matched.
+    pub fn resolve(&self, path: &str) -> Option<(Arc<LoadedFunction>, RouteMatch)> {
+        let served = self.snapshot();
+        let found = served
+            .routes
+            .resolve(path, |name| served.functions.contains_key(name))?;
+        let function = served.functions.get(&found.function)?.clone();
+        Some((function, found))
+    }
+
+    /// The function called `name`, if deployed.
+    pub fn function(&self, name: &str) -> Option<Arc<LoadedFunction>> {
+        self.snapshot().functions.get(name).cloned()
+    }
+
+    /// Names of the functions being served.
+    pub fn function_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.snapshot().functions.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Describes a served function.
+    pub fn describe(&self, function: &LoadedFunction) -> Result<FunctionInfo> {
+        let manifest = &function.manifest;
+        let settings = &manifest.settings;
+        let mut routes = vec![format!("/fn/{}", manifest.name)];
+        routes.extend(settings.routes.iter().cloned());
+        let url = match self.public_addr.get() {
+            Some(addr) => format!("http://{addr}/fn/{}/", manifest.name),
+            None => format!("/fn/{}/", manifest.name),
+        };
+        Ok(FunctionInfo {
+            name: manifest.name.clone(),
+            version: manifest.version,
+            versions: self.registry.versions(&manifest.name)?,
+            routes,
+            url,
+            memory: format_size(settings.memory_bytes),
+            timeout: format_duration(settings.timeout()),
+            max_concurrency: settings.max_concurrency,
+            queue_depth: settings.queue_depth,
+            max_body: format_size(settings.max_body_bytes),
+            allow_outbound: settings.allow_outbound,
+            env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
+            sha256: manifest.sha256.clone(),
+            component_bytes: manifest.component_bytes,
+            deployed_at: manifest.deployed_at.clone(),
+            running: function.scheduler.running(),
+            queued: function.scheduler.queued(),
+        })
+    }
+
+    /// Every version of a function with its manifest.
+    pub fn versions(&self, name: &str) -> Result<Vec<Manifest>, ApiError> {
+        names::validate_name(name).map_err(ApiError::invalid)?;
+        let versions = self.registry.versions(name).map_err(|e| ApiError::internal(&e))?;
+        if self.registry.current(name).map_err(|e| ApiError::internal(&e))?.is_none() {
+            return Err(ApiError::not_found(format!("no function named `{name}`")));
+        }
+        versions
+            .into_iter()
+            .map(|v| self.registry.manifest(name, v).map_err(|e| ApiError::internal(&e)))
+            .collect()
+    }
+
+    fn route_conflict(&self, name: &str, settings: &FunctionSettings) -> Option<ApiError> {
+        let served = self.snapshot();
+        for route in &settings.routes {
+            if let Some(owner) = served.routes.owner(route)
+                && owner != name
+            {
+                return Some(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!("route `{route}` is already served by function `{owner}`"),
+                ));
+            }
+        }
+        None
+    }
+
+    /// Deploys `component` as a new version of `name` and makes it current. Requests in flight
+    /// finish on the version they started on; new ones get the new version. Nothing is left on
+    /// disk if any step fails.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        name: &str,
+        settings: FunctionSettings,
+        component: Vec<u8>,
+    ) -> Result<DeployOutcome, ApiError> {
+        names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+        settings.validate().map_err(ApiError::invalid)?;
+        if component.len() as u64 > self.options.max_component_bytes {
+            return Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "the component is {} bytes; this node accepts at most {}",
+                    component.len(),
+                    format_size(self.options.max_component_bytes)
+                ),
+            ));
+        }
+        if let Some(conflict) = self.route_conflict(name, &settings) {
+            return Err(conflict);
+        }
+
+        let started = Instant::now();
+        let node = self.clone();
+        let (component, pre, artifact) = tokio::task::spawn_blocking(move || {
+            let compiled = function::compile(&node.engine, &component)?;
+            let pre = function::pre_instantiate(&node.linker, &compiled)?;
+            let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
+            anyhow::Ok((component, pre, artifact))
+        })
+        .await
+        .map_err(|e| ApiError::internal(&anyhow!("compile task failed: {e}")))?
+        .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+
+        let _guard = self.changes.lock().await;
+        if let Some(conflict) = self.route_conflict(name, &settings) {
+            return Err(conflict);
+        }
+        let mut manifest = Manifest {
+            name: name.to_string(),
+            version: 0,
+            settings,
+            sha256: hex::encode(Sha256::digest(&component)),
+            component_bytes: component.len() as u64,
+            deployed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        };
+        let registry = self.registry.clone();
+        let manifest = tokio::task::spawn_blocking(move || {
+            registry.add_version(&mut manifest, &component, &artifact)?;
+            if let Err(error) = registry.set_current(&manifest.name, manifest.version) {
+                let _ = registry.discard_version(&manifest.name, manifest.version);
+                return Err(error);
+            }
+            anyhow::Ok(manifest)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&anyhow!("registry task failed: {e}")))?
+        .map_err(|e| ApiError::internal(&e))?;
+
+        let function = Arc::new(LoadedFunction::new(manifest, pre));
+        let served = self.snapshot().with(|functions| {
+            functions.insert(name.to_string(), function.clone());
+        });
+        self.publish(served);
+        tracing::info!(
+            function = name,
+            version = function.manifest.version,
+            compile_ms,
+            "deployed"
+        );
+        Ok(DeployOutcome {
+            function: self.describe(&function).map_err(|e| ApiError::internal(&e))?,
+            compile_ms,
+        })
+    }
+
+    /// Switches `name` back to `to`, or to the version before the current one.
+    pub async fn rollback(self: &Arc<Self>, name: &str, to: Option<u64>) -> Result<FunctionInfo, ApiError> {
+        names::validate_name(name).map_err(ApiError::invalid)?;
+        let _guard = self.changes.lock().await;
+        let current = self
+            .registry
+            .current(name)
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))?;
+        let versions = self.registry.versions(name).map_err(|e| ApiError::internal(&e))?;
+        let target = match to {
+            Some(version) if versions.contains(&version) => version,
+            Some(version) => {
+                return Err(ApiError::not_found(format!(
+                    "function `{name}` has no version {version} (versions: {versions:?})"
+                )));
+            }
+            None => versions
+                .iter()
+                .rev()
+                .copied()
+                .find(|v| *v < current)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorKind::Conflict,
+                        format!("function `{name}` is at version {current}, its oldest; there is nothing to roll back to"),
+                    )
+                })?,
+        };
+        let node = self.clone();
+        let owned_name = name.to_string();
+        let function = tokio::task::spawn_blocking(move || {
+            let function = node.load_version(&owned_name, target)?;
+            node.registry.set_current(&owned_name, target)?;
+            anyhow::Ok(function)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&anyhow!("rollback task failed: {e}")))?
+        .map_err(|e| ApiError::internal(&e))?;
+        let routes_now = self.snapshot();
+        for route in &function.manifest.settings.routes {
+            if let Some(owner) = routes_now.routes.owner(route)
+                && owner != name
+            {
+                // Version `target` claimed a route another function has taken since; keep the
+                // registry as it was.
+                let _ = self.registry.set_current(name, current);
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!("version {target} of `{name}` serves route `{route}`, which `{owner}` now serves"),
+                ));
+            }
+        }
+        let function = Arc::new(function);
+        let served = routes_now.with(|functions| {
+            functions.insert(name.to_string(), function.clone());
+        });
+        self.publish(served);
+        tracing::info!(function = name, from = current, to = target, "rolled back");
+        self.describe(&function).map_err(|e| ApiError::internal(&e))
+    }
+
+    /// Stops serving `name` and deletes it from disk. Requests already running finish.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
+        names::validate_name(name).map_err(ApiError::invalid)?;
+        let _guard = self.changes.lock().await;
+        if self.registry.current(name).map_err(|e| ApiError::internal(&e))?.is_none() {
+            return Err(ApiError::not_found(format!("no function named `{name}`")));
+        }
+        let served = self.snapshot().with(|functions| {
+            functions.remove(name);
+        });
+        self.publish(served);
+        let registry = self.registry.clone();
+        let owned = name.to_string();
+        tokio::task::spawn_blocking(move || registry.remove(&owned))
+            .await
+            .map_err(|e| ApiError::internal(&anyhow!("remove task failed: {e}")))?
+            .map_err(|e| ApiError::internal(&e))?;
+        tracing::info!(function = name, "removed");
+        Ok(())
+    }
+}

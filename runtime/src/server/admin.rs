@@ -1,0 +1,316 @@
+//! The admin API under `/v1/` (bearer token required), plus `/healthz` and `/readyz`.
+//!
+//! [`ROUTES`] is the routing table; `openapi.json` next to this file describes the same routes
+//! and a test checks the two agree.
+
+use crate::error::{ApiError, ErrorKind};
+use crate::invoke::{self, ResponseBody, error_response, json_response};
+use crate::node::Node;
+use crate::server::public;
+use crate::settings::FunctionSettings;
+use crate::units::format_size;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The OpenAPI 3 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every operation of the admin listener, as `(method, path template)`.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/node"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/functions"),
+    ("GET", "/v1/functions/{name}"),
+    ("DELETE", "/v1/functions/{name}"),
+    ("GET", "/v1/functions/{name}/versions"),
+    ("POST", "/v1/functions/{name}/versions"),
+    ("POST", "/v1/functions/{name}/rollback"),
+    ("POST", "/v1/functions/{name}/invoke"),
+];
+
+/// Largest JSON body the admin API reads (rollback requests).
+const MAX_JSON_BODY: usize = 64 << 10;
+
+/// Matches `path` against a template of [`ROUTES`]; returns the `{name}` segment if any.
+fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> {
+    let mut name = None;
+    let mut template_segments = template.split('/');
+    let mut path_segments = path.split('/');
+    loop {
+        match (template_segments.next(), path_segments.next()) {
+            (None, None) => return Some(name),
+            (Some("{name}"), Some(segment)) if !segment.is_empty() => name = Some(segment),
+            (Some(t), Some(p)) if t == p => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Answers one request on the admin listener.
+pub async fn handle(node: &Arc<Node>, token: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+    let path = request.uri().path().to_string();
+    let method = request.method().clone();
+    let mut allowed = Vec::new();
+    let mut found = None;
+    for (route_method, template) in ROUTES {
+        if let Some(name) = match_template(template, &path) {
+            allowed.push(*route_method);
+            if method.as_str() == *route_method {
+                found = Some((*template, name.map(str::to_string)));
+            }
+        }
+    }
+    let Some((template, name)) = found else {
+        if allowed.is_empty() {
+            return error_response(&ApiError::not_found(format!("no admin API route `{path}`")));
+        }
+        let mut response = error_response(&ApiError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("`{method} {path}` is not supported; allowed: {}", allowed.join(", ")),
+        ));
+        if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+            response.headers_mut().insert(header::ALLOW, value);
+        }
+        return response;
+    };
+
+    if template.starts_with("/v1/") {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if !crate::token::authorizes(authorization, token) {
+            let mut response = error_response(&ApiError::new(
+                ErrorKind::Unauthorized,
+                "missing or wrong admin token: send `Authorization: Bearer <token>` (the token is in DATA/admin-token)",
+            ));
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+
+    let name = name.unwrap_or_default();
+    let result = match (method.as_str(), template) {
+        ("GET", "/healthz") => Ok(public::health()),
+        ("GET", "/readyz") => Ok(public::readiness(node)),
+        ("GET", "/v1/node") => Ok(node_info(node)),
+        ("GET", "/v1/openapi.json") => Ok(openapi()),
+        ("GET", "/v1/functions") => list(node),
+        ("GET", "/v1/functions/{name}") => show(node, &name),
+        ("DELETE", "/v1/functions/{name}") => remove(node, &name).await,
+        ("GET", "/v1/functions/{name}/versions") => versions(node, &name),
+        ("POST", "/v1/functions/{name}/versions") => deploy(node, &name, request).await,
+        ("POST", "/v1/functions/{name}/rollback") => rollback(node, &name, request).await,
+        ("POST", "/v1/functions/{name}/invoke") => invoke_through_admin(node, &name, request).await,
+        _ => Err(ApiError::internal(&anyhow::anyhow!(
+            "route {method} {template} has no handler"
+        ))),
+    };
+    result.unwrap_or_else(|error| error_response(&error))
+}
+
+fn openapi() -> Response<ResponseBody> {
+    let mut response = Response::new(invoke::full_body(OPENAPI));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn node_info(node: &Node) -> Response<ResponseBody> {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "data_dir": node.options().data_dir,
+            "max_component_size": format_size(node.options().max_component_bytes),
+            "max_instances": node.options().engine.max_instances,
+            "functions": node.function_names().len(),
+            "invocations": node.invocation_count(),
+            "ready": node.is_ready(),
+        }),
+    )
+}
+
+fn loaded(node: &Node, name: &str) -> Result<Arc<crate::function::LoadedFunction>, ApiError> {
+    crate::names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+    node.function(name)
+        .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))
+}
+
+fn list(node: &Node) -> Result<Response<ResponseBody>, ApiError> {
+    let mut functions = Vec::new();
+    for name in node.function_names() {
+        if let Some(function) = node.function(&name) {
+            functions.push(node.describe(&function).map_err(|e| ApiError::internal(&e))?);
+        }
+    }
+    Ok(json_response(StatusCode::OK, &json!({ "functions": functions })))
+}
+
+fn show(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError> {
+    let function = loaded(node, name)?;
+    let info = node.describe(&function).map_err(|e| ApiError::internal(&e))?;
+    Ok(json_response(StatusCode::OK, &serde_json::to_value(info).unwrap_or_default()))
+}
+
+fn versions(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError> {
+    let manifests = node.versions(name)?;
+    let current = node.function(name).map(|f| f.manifest.version);
+    let versions: Vec<_> = manifests
+        .iter()
+        .map(|m| {
+            json!({
+                "version": m.version,
+                "current": Some(m.version) == current,
+                "sha256": m.sha256,
+                "component_bytes": m.component_bytes,
+                "deployed_at": m.deployed_at,
+                "routes": m.settings.routes,
+            })
+        })
+        .collect();
+    Ok(json_response(StatusCode::OK, &json!({ "name": name, "versions": versions })))
+}
+
+async fn remove(node: &Arc<Node>, name: &str) -> Result<Response<ResponseBody>, ApiError> {
+    node.remove(name).await?;
+    Ok(json_response(StatusCode::OK, &json!({ "removed": name })))
+}
+
+async fn deploy(
+    node: &Arc<Node>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    crate::names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+    let settings = FunctionSettings::from_query(request.uri().query().unwrap_or_default())
+        .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+    let limit = node.options().max_component_bytes;
+    let component = read_limited(request, limit, "component").await?;
+    let outcome = node.deploy(name, settings, component.to_vec()).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &serde_json::to_value(outcome).unwrap_or_default(),
+    ))
+}
+
+async fn rollback(
+    node: &Arc<Node>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let body = read_limited(request, MAX_JSON_BODY as u64, "request body").await?;
+    let to = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RollbackRequest {
+            version: Option<u64>,
+        }
+        let parsed: RollbackRequest = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::invalid(format!("rollback body must be {{\"version\": N}}: {e}")))?;
+        parsed.version
+    };
+    let info = node.rollback(name, to).await?;
+    Ok(json_response(StatusCode::OK, &serde_json::to_value(info).unwrap_or_default()))
+}
+
+/// `POST /v1/functions/NAME/invoke?method=GET&path=/sub`: runs the function as if the request
+/// had come to `/fn/NAME/sub` on the public listener.
+async fn invoke_through_admin(
+    node: &Arc<Node>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let function = loaded(node, name)?;
+    let mut method = Method::POST;
+    let mut sub_path = String::new();
+    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "method" => {
+                method = Method::from_bytes(value.as_bytes())
+                    .map_err(|_| ApiError::invalid(format!("invalid method `{value}`")))?
+            }
+            "path" => sub_path = value.into_owned(),
+            other => return Err(ApiError::invalid(format!("unknown invoke parameter `{other}` (known: method, path)"))),
+        }
+    }
+    if !sub_path.is_empty() && !sub_path.starts_with('/') {
+        sub_path.insert(0, '/');
+    }
+    let uri: http::Uri = format!("/fn/{name}{sub_path}")
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("invalid path `{sub_path}`: {e}")))?;
+    let (mut parts, body) = request.into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    parts.headers.remove(header::AUTHORIZATION);
+    Ok(invoke::invoke(node, function, Request::from_parts(parts, body)).await)
+}
+
+async fn read_limited(request: Request<Incoming>, limit: u64, what: &str) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the {what} is larger than this node accepts ({})", format_size(limit)),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(format!("failed to read the {what}: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_match_whole_segments() {
+        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/hello"), Some(Some("hello")));
+        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/"), None);
+        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/a/b"), None);
+        assert_eq!(match_template("/v1/functions", "/v1/functions"), Some(None));
+        assert_eq!(match_template("/v1/functions", "/v1/functionsx"), None);
+    }
+
+    #[test]
+    fn openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+        let mut documented = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<_> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
+    }
+}

@@ -1,0 +1,242 @@
+//! Per-function settings chosen at deploy time, their defaults, limits and parsing from the
+//! deploy request's query string.
+
+use crate::names;
+use crate::units::{format_duration, parse_duration, parse_size};
+use anyhow::{Context, Result, bail, ensure};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Default linear-memory cap of one invocation.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+/// Largest memory cap a deploy may ask for (the pooling allocator's slot size).
+pub const MAX_MEMORY: u64 = 4 << 30;
+/// Default wall-clock timeout of one invocation.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest timeout a deploy may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Default number of invocations of one function running at once.
+pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
+/// Default number of requests allowed to wait for a slot; beyond it the answer is 503.
+pub const DEFAULT_QUEUE_DEPTH: u32 = 128;
+/// Default largest request body passed to a function.
+pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
+/// Most extra routes one function may claim.
+pub const MAX_ROUTES: usize = 16;
+/// Most environment variables one function may set.
+pub const MAX_ENV_VARS: usize = 256;
+
+/// How one function runs: limits, routes and environment. Persisted in each version's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSettings {
+    /// Extra route prefixes (besides `/fn/NAME`), normalized, without trailing `/`.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Linear-memory cap per invocation, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock timeout per invocation, in milliseconds.
+    pub timeout_ms: u64,
+    /// Invocations running at once.
+    pub max_concurrency: u32,
+    /// Requests waiting for a slot before new ones are refused with 503.
+    pub queue_depth: u32,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub max_body_bytes: u64,
+    /// Environment variables the guest sees.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Whether the guest may make outbound HTTP requests and open sockets.
+    #[serde(default)]
+    pub allow_outbound: bool,
+}
+
+impl Default for FunctionSettings {
+    fn default() -> Self {
+        FunctionSettings {
+            routes: Vec::new(),
+            memory_bytes: DEFAULT_MEMORY,
+            timeout_ms: DEFAULT_TIMEOUT.as_millis() as u64,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            max_body_bytes: DEFAULT_MAX_BODY,
+            env: Vec::new(),
+            allow_outbound: false,
+        }
+    }
+}
+
+impl FunctionSettings {
+    /// The invocation timeout as a [`Duration`].
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Parses settings from a deploy query string (`route=/x&memory=64MiB&env=K=V&...`).
+    ///
+    /// Unknown keys are an error, so a typo never silently deploys with defaults.
+    pub fn from_query(query: &str) -> Result<Self> {
+        let mut settings = FunctionSettings::default();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let value = value.as_ref();
+            match key.as_ref() {
+                "route" => settings.routes.push(names::normalize_route(value)?),
+                "memory" => settings.memory_bytes = parse_size(value).context("setting `memory`")?,
+                "timeout" => {
+                    settings.timeout_ms = parse_duration(value)
+                        .context("setting `timeout`")?
+                        .as_millis()
+                        .try_into()
+                        .context("setting `timeout` is too long")?
+                }
+                "max_concurrency" => {
+                    settings.max_concurrency = value
+                        .parse()
+                        .with_context(|| format!("setting `max_concurrency`: `{value}` is not a number"))?
+                }
+                "queue_depth" => {
+                    settings.queue_depth = value
+                        .parse()
+                        .with_context(|| format!("setting `queue_depth`: `{value}` is not a number"))?
+                }
+                "max_body" => settings.max_body_bytes = parse_size(value).context("setting `max_body`")?,
+                "env" => {
+                    let (name, val) = value
+                        .split_once('=')
+                        .with_context(|| format!("setting `env`: `{value}` is not KEY=VALUE"))?;
+                    settings.env.push((name.to_string(), val.to_string()));
+                }
+                "allow_outbound" => {
+                    settings.allow_outbound = match value {
+                        "" | "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        other => bail!("setting `allow_outbound`: `{other}` is not true or false"),
+                    }
+                }
+                other => bail!(
+                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound)"
+                ),
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Renders the settings back into a deploy query string (what `fnctl deploy` sends).
+    pub fn to_query(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for route in &self.routes {
+            query.append_pair("route", route);
+        }
+        query.append_pair("memory", &self.memory_bytes.to_string());
+        query.append_pair("timeout", &format!("{}ms", self.timeout_ms));
+        query.append_pair("max_concurrency", &self.max_concurrency.to_string());
+        query.append_pair("queue_depth", &self.queue_depth.to_string());
+        query.append_pair("max_body", &self.max_body_bytes.to_string());
+        for (name, value) in &self.env {
+            query.append_pair("env", &format!("{name}={value}"));
+        }
+        if self.allow_outbound {
+            query.append_pair("allow_outbound", "true");
+        }
+        query.finish()
+    }
+
+    /// Checks every setting against its limits.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            (1 << 16..=MAX_MEMORY).contains(&self.memory_bytes),
+            "setting `memory`: {} is outside 64KiB..=4GiB",
+            self.memory_bytes
+        );
+        let timeout = self.timeout();
+        ensure!(
+            timeout >= Duration::from_millis(10) && timeout <= MAX_TIMEOUT,
+            "setting `timeout`: {} is outside 10ms..=15m",
+            format_duration(timeout)
+        );
+        ensure!(
+            (1..=10_000).contains(&self.max_concurrency),
+            "setting `max_concurrency`: {} is outside 1..=10000",
+            self.max_concurrency
+        );
+        ensure!(
+            self.queue_depth <= 100_000,
+            "setting `queue_depth`: {} is above 100000",
+            self.queue_depth
+        );
+        ensure!(
+            self.max_body_bytes <= 1 << 30,
+            "setting `max_body`: {} is above 1GiB",
+            self.max_body_bytes
+        );
+        ensure!(
+            self.routes.len() <= MAX_ROUTES,
+            "at most {MAX_ROUTES} routes per function"
+        );
+        let mut routes = self.routes.clone();
+        routes.sort();
+        routes.dedup();
+        ensure!(routes.len() == self.routes.len(), "the same route is given twice");
+        ensure!(
+            self.env.len() <= MAX_ENV_VARS,
+            "at most {MAX_ENV_VARS} environment variables per function"
+        );
+        for (name, value) in &self.env {
+            ensure!(
+                !name.is_empty()
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !name.starts_with(|c: char| c.is_ascii_digit()),
+                "environment variable name `{}` is invalid (use letters, digits and `_`)",
+                name.escape_default()
+            );
+            ensure!(!value.contains('\0'), "environment variable `{name}` contains a NUL byte");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_round_trips() {
+        let settings = FunctionSettings {
+            routes: vec!["/api".into(), "/hello/world".into()],
+            memory_bytes: 64 << 20,
+            timeout_ms: 1500,
+            max_concurrency: 3,
+            queue_depth: 7,
+            max_body_bytes: 1024,
+            env: vec![("GREETING".into(), "hi=there & more".into())],
+            allow_outbound: true,
+        };
+        assert_eq!(FunctionSettings::from_query(&settings.to_query()).unwrap(), settings);
+    }
+
+    #[test]
+    fn empty_query_gives_defaults() {
+        assert_eq!(FunctionSettings::from_query("").unwrap(), FunctionSettings::default());
+    }
+
+    #[test]
+    fn bad_settings_name_the_setting() {
+        for (query, needle) in [
+            ("memory=lots", "memory"),
+            ("memory=1B", "memory"),
+            ("memory=8GiB", "memory"),
+            ("timeout=0s", "timeout"),
+            ("timeout=1d", "timeout"),
+            ("max_concurrency=0", "max_concurrency"),
+            ("max_concurrency=x", "max_concurrency"),
+            ("env=NOEQUALS", "env"),
+            ("env=BAD-NAME=1", "BAD-NAME"),
+            ("route=/fn/other", "reserved"),
+            ("route=/a&route=/a/", "twice"),
+            ("colour=blue", "unknown setting `colour`"),
+        ] {
+            let error = format!("{:#}", FunctionSettings::from_query(query).unwrap_err());
+            assert!(error.contains(needle), "{query}: {error}");
+        }
+    }
+}

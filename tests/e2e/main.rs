@@ -1,0 +1,8 @@
+//! End-to-end tests: a real `fnctl serve` on ephemeral ports with a temporary data dir, real
+//! components deployed with the real `fnctl`, real HTTP.
+
+mod admin;
+mod deploy;
+mod lifecycle;
+mod serving;
+mod support;

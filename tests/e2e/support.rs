@@ -1,0 +1,381 @@
+//! Test support: builds the guest components once, starts real `fnctl serve` processes on
+//! ephemeral ports with temporary data dirs, and talks to them over real HTTP.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Paths of the built guest components.
+pub struct Guests {
+    /// examples/hello (flint-sdk).
+    pub hello: PathBuf,
+    /// tests/guests/misbehave (plain `wasi` crate).
+    pub misbehave: PathBuf,
+}
+
+/// Builds the example and test guests for wasm32-wasip2 (once per test process; a file lock
+/// keeps parallel test processes from building at the same time).
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = repo_root();
+        let target_dir = root.join("target").join("wasm-guests");
+        std::fs::create_dir_all(&target_dir).unwrap();
+        let lock = std::fs::File::create(target_dir.join(".build-lock")).unwrap();
+        lock.lock().unwrap();
+        for manifest in ["examples/Cargo.toml", "tests/guests/Cargo.toml"] {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let output = Command::new(cargo)
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--workspace", "--manifest-path"])
+                .arg(root.join(manifest))
+                .env("CARGO_TARGET_DIR", &target_dir)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("CARGO_BUILD_TARGET")
+                .env_remove("CARGO_MAKEFLAGS")
+                .output()
+                .expect("running cargo to build the guests");
+            assert!(
+                output.status.success(),
+                "building {manifest} for wasm32-wasip2 failed (run `rustup target add wasm32-wasip2`, \
+                 which scripts/setup.sh does):\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let out = target_dir.join("wasm32-wasip2").join("release");
+        Guests {
+            hello: out.join("hello.wasm"),
+            misbehave: out.join("misbehave.wasm"),
+        }
+    })
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Reply {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts this is a Flint JSON error of `kind` with `status`; returns its message.
+    pub fn expect_error(&self, status: u16, kind: &str) -> String {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        let json = self.json();
+        assert_eq!(json["error"]["kind"], kind, "body: {}", self.body);
+        json["error"]["message"].as_str().unwrap().to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn reply(response: Result<http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut response = response.expect("HTTP request failed");
+    Reply {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()
+            .expect("reading the body"),
+    }
+}
+
+/// Sends a request; `token` adds `Authorization: Bearer`.
+pub fn request(method: &str, url: &str, token: Option<&str>, body: Option<&[u8]>) -> Reply {
+    let agent = agent();
+    let mut builder = http::Request::builder().method(method).uri(url);
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    match body {
+        Some(body) => reply(agent.run(builder.body(body.to_vec()).unwrap())),
+        None => reply(agent.run(builder.body(()).unwrap())),
+    }
+}
+
+/// What a `fnctl` run printed.
+#[derive(Debug)]
+pub struct Run {
+    /// Whether it exited 0.
+    pub success: bool,
+    /// Its stdout.
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+}
+
+/// The `fnctl` binary under test.
+pub fn fnctl_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_fnctl")
+}
+
+/// A `fnctl serve` process with its own data dir and ephemeral ports.
+pub struct Node {
+    child: Option<Child>,
+    /// The data dir.
+    pub data: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    /// The public listener.
+    pub public: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// The admin token.
+    pub token: String,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node in a fresh temporary data dir and waits until it is ready.
+    pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node with extra `fnctl serve` arguments in a fresh data dir.
+    pub fn start_with(extra: &[&str]) -> Node {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let mut node = Node::start_in(&data, extra);
+        node._tmp = Some(tmp);
+        node
+    }
+
+    /// Starts a node on `data` (which may hold a previous node's registry).
+    pub fn start_in(data: &Path, extra: &[&str]) -> Node {
+        std::fs::create_dir_all(data).unwrap();
+        let log = data.with_extension(format!("log-{}", rand_suffix()));
+        let addresses = data.join("node.json");
+        let _ = std::fs::remove_file(&addresses);
+        let child = Command::new(fnctl_binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--max-instances", "64", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting fnctl serve");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let described: Value = loop {
+            if let Ok(bytes) = std::fs::read(&addresses)
+                && let Ok(value) = serde_json::from_slice::<Value>(&bytes)
+                && value["pid"] == pid
+            {
+                break value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let node = Node {
+            child: Some(child),
+            data: data.to_path_buf(),
+            _tmp: None,
+            public: described["public"].as_str().unwrap().parse().unwrap(),
+            admin: described["admin"].as_str().unwrap().parse().unwrap(),
+            token: std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string(),
+            log,
+        };
+        node.wait_ready();
+        node
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.get("/readyz").status == 200 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never ready: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A URL on the public listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// GET on the public listener.
+    pub fn get(&self, path: &str) -> Reply {
+        request("GET", &self.url(path), None, None)
+    }
+
+    /// POST on the public listener.
+    pub fn post(&self, path: &str, body: &[u8]) -> Reply {
+        request("POST", &self.url(path), None, Some(body))
+    }
+
+    /// An authenticated admin API call.
+    pub fn admin_call(&self, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+        request(method, &self.admin_url(path), Some(&self.token), body)
+    }
+
+    /// Runs `fnctl` against this node (it finds the address and token in the data dir).
+    pub fn fnctl(&self, args: &[&str]) -> Run {
+        let output = Command::new(fnctl_binary())
+            .args(args)
+            .env("FLINT_DATA", &self.data)
+            .env_remove("FNCTL_SERVER")
+            .env_remove("FNCTL_TOKEN")
+            .output()
+            .expect("running fnctl");
+        Run {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Deploys with `fnctl deploy --json` and returns what the node reported; panics on failure.
+    pub fn deploy(&self, wasm: &Path, name: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["deploy", wasm.to_str().unwrap(), "--name", name, "--json"];
+        args.extend_from_slice(extra);
+        let run = self.fnctl(&args);
+        assert!(run.success, "deploy {name} failed: {}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap()
+    }
+
+    /// The function as `GET /v1/functions/NAME` describes it.
+    pub fn function(&self, name: &str) -> Value {
+        let reply = self.admin_call("GET", &format!("/v1/functions/{name}"), None);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    }
+
+    /// Waits until `name` has `running` invocations running and `queued` waiting.
+    pub fn wait_for_load(&self, name: &str, running: u64, queued: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let f = self.function(name);
+            if f["running"] == running && f["queued"] == queued {
+                return;
+            }
+            assert!(Instant::now() < deadline, "load never reached {running}/{queued}: {f}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_with_timeout(&mut child, Duration::from_secs(60))
+    }
+
+    /// Sends SIGTERM without waiting; the caller then calls [`Node::wait_exit`].
+    pub fn signal_terminate(&self) {
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("node running");
+        wait_with_timeout(&mut child, Duration::from_secs(60))
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("node running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the node did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rand_suffix() -> String {
+    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every file and directory under `dir`, relative, sorted.
+pub fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            out.push(path.strip_prefix(base).unwrap().display().to_string());
+            if path.is_dir() {
+                walk(base, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

@@ -1,0 +1,160 @@
+//! A test guest written against the raw `wasi` crate (no Flint SDK). The last path segment
+//! picks the behaviour:
+//!
+//! - `echo`: answers `METHOD PATH\n` followed by the request body.
+//! - `env?key=K`: the value of environment variable K (404 if unset).
+//! - `tag`: `$TAG` (used to tell deployed versions apart), after `?ms=N` milliseconds.
+//! - `sleep?ms=N`: sleeps N ms, then answers `slept N`.
+//! - `print?lines=N`: writes N numbered lines to stdout and one to stderr.
+//! - `trap`: panics (a trap).
+//! - `loop`: spins forever (a timeout).
+//! - `bomb`: allocates memory until it cannot (the memory cap).
+//! - `noresponse`: returns without sending a response.
+//! - `outbound?url=U`: tries an outgoing HTTP GET of U and reports the outcome.
+
+use wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
+    ResponseOutparam, Scheme,
+};
+
+struct Guest;
+
+wasi::http::proxy::export!(Guest);
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| value.to_string())
+    })
+}
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let body = request.consume().expect("body");
+    let mut bytes = Vec::new();
+    {
+        let stream = body.stream().expect("stream");
+        while let Ok(chunk) = stream.blocking_read(65536) {
+            bytes.extend_from_slice(&chunk);
+        }
+    }
+    IncomingBody::finish(body);
+    bytes
+}
+
+fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
+    let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())])
+        .expect("headers");
+    let response = OutgoingResponse::new(headers);
+    response.set_status_code(status).expect("status");
+    let outgoing = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    {
+        let stream = outgoing.write().expect("stream");
+        for chunk in body.chunks(4096) {
+            stream.blocking_write_and_flush(chunk).expect("write");
+        }
+    }
+    OutgoingBody::finish(outgoing, None).expect("finish");
+}
+
+fn sleep_ms(query: &str) -> u64 {
+    let ms = query_param(query, "ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    ms
+}
+
+impl wasi::exports::http::incoming_handler::Guest for Guest {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let full = request.path_with_query().unwrap_or_default();
+        let (path, query) = full.split_once('?').unwrap_or((&full, ""));
+        let action = path.rsplit('/').next().unwrap_or_default();
+        match action {
+            "echo" => {
+                let method = match request.method() {
+                    Method::Get => "GET".to_string(),
+                    Method::Post => "POST".to_string(),
+                    Method::Put => "PUT".to_string(),
+                    other => format!("{other:?}"),
+                };
+                let mut answer = format!("{method} {path}\n").into_bytes();
+                answer.extend(read_body(&request));
+                respond(out, 200, &answer);
+            }
+            "env" => {
+                let key = query_param(query, "key").unwrap_or_default();
+                match std::env::var(&key) {
+                    Ok(value) => respond(out, 200, value.as_bytes()),
+                    Err(_) => respond(out, 404, format!("{key} is not set").as_bytes()),
+                }
+            }
+            "tag" => {
+                sleep_ms(query);
+                let tag = std::env::var("TAG").unwrap_or_default();
+                respond(out, 200, tag.as_bytes());
+            }
+            "sleep" => {
+                let ms = sleep_ms(query);
+                respond(out, 200, format!("slept {ms}").as_bytes());
+            }
+            "print" => {
+                let lines: u32 = query_param(query, "lines")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                for i in 0..lines {
+                    println!("guest line {i}");
+                }
+                eprintln!("guest stderr line");
+                respond(out, 200, format!("printed {lines}").as_bytes());
+            }
+            "trap" => panic!("misbehave: deliberate panic"),
+            "loop" => {
+                let mut counter: u64 = 0;
+                loop {
+                    counter = std::hint::black_box(counter.wrapping_add(1));
+                }
+            }
+            "bomb" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    let mut chunk = vec![0u8; 1 << 20];
+                    chunk[0] = hoard.len() as u8;
+                    hoard.push(std::hint::black_box(chunk));
+                }
+            }
+            "noresponse" => {}
+            "outbound" => {
+                let url = query_param(query, "url").unwrap_or_default();
+                let outcome = outbound_get(&url);
+                respond(out, 200, outcome.as_bytes());
+            }
+            _ => respond(out, 404, format!("unknown action `{action}`").as_bytes()),
+        }
+    }
+}
+
+fn outbound_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
+    match wasi::http::outgoing_handler::handle(request, None) {
+        Err(error) => format!("denied: {error:?}"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(response))) => format!("status {}", response.status()),
+                Some(Ok(Err(error))) => format!("denied: {error:?}"),
+                other => format!("failed: {other:?}"),
+            }
+        }
+    }
+}
