@@ -41,7 +41,9 @@ macro_rules! http_function {
     ($handler:path) => {
         struct __FlintHttpFunction;
 
-        impl $crate::__private::wasi::exports::http::incoming_handler::Guest for __FlintHttpFunction {
+        impl $crate::__private::wasi::exports::http::incoming_handler::Guest
+            for __FlintHttpFunction
+        {
             fn handle(
                 request: $crate::__private::wasi::http::types::IncomingRequest,
                 response_out: $crate::__private::wasi::http::types::ResponseOutparam,

@@ -50,7 +50,8 @@ impl Response {
 
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
-        self.headers.push((name.to_string(), value.as_ref().to_vec()));
+        self.headers
+            .push((name.to_string(), value.as_ref().to_vec()));
         self
     }
 

@@ -22,7 +22,9 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { max_instances: 1000 }
+        EngineOptions {
+            max_instances: 1000,
+        }
     }
 }
 
@@ -52,7 +54,9 @@ pub fn build_engine(options: EngineOptions) -> Result<Engine> {
         .wasm_component_model(true)
         .epoch_interruption(true)
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(anyhow::Error::from).context("creating the wasmtime engine")
+    Engine::new(&config)
+        .map_err(anyhow::Error::from)
+        .context("creating the wasmtime engine")
 }
 
 /// Builds the linker every function is instantiated against: all of WASI 0.2 (`cli`,
@@ -60,7 +64,9 @@ pub fn build_engine(options: EngineOptions) -> Result<Engine> {
 /// plus `wasi:http`. Imports at any 0.2.x version resolve, as in wasmtime.
 pub fn build_linker(engine: &Engine) -> Result<Linker<InvocationState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("adding WASI to the linker")?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(anyhow::Error::from)
+        .context("adding WASI to the linker")?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("adding wasi:http to the linker")?;

@@ -92,9 +92,9 @@ where
     {
         Ok(response) => response,
         Err(error) => {
-            span.in_scope(|| {
-                tracing::warn!(kind = ?error.kind, "invocation failed: {}", error.message)
-            });
+            span.in_scope(
+                || tracing::warn!(kind = ?error.kind, "invocation failed: {}", error.message),
+            );
             error_response(&error)
         }
     };
@@ -124,7 +124,9 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let settings = &function.manifest.settings;
-    let admission = function.scheduler.admit().await.map_err(|rejected| match rejected {
+    let admission =
+        function.scheduler.admit().await.map_err(|rejected| {
+            match rejected {
         Rejected::QueueFull => ApiError::new(
             ErrorKind::Overloaded,
             format!(
@@ -140,7 +142,8 @@ where
             format!("function `{}` is shutting down", function.name),
         )
         .retry_after(1),
-    })?;
+    }
+        })?;
 
     let request = read_body(request, settings.max_body_bytes).await?;
 
@@ -197,15 +200,20 @@ where
     );
 
     match receiver.await {
-        Ok(Ok(response)) => Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+        Ok(Ok(response)) => {
+            Ok(response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync()))
+        }
         Ok(Err(code)) => Err(ApiError::new(
             ErrorKind::BadGuestResponse,
-            format!("function `{}` answered with an error: {code:?}", function.name),
+            format!(
+                "function `{}` answered with an error: {code:?}",
+                function.name
+            ),
         )),
         Err(_) => {
-            let (outcome, memory_denied) = task.await.map_err(|e| {
-                ApiError::internal(&anyhow::anyhow!("invocation task failed: {e}"))
-            })?;
+            let (outcome, memory_denied) = task
+                .await
+                .map_err(|e| ApiError::internal(&anyhow::anyhow!("invocation task failed: {e}")))?;
             Err(classify_failure(function, outcome, memory_denied, timeout))
         }
     }
@@ -241,7 +249,9 @@ where
         Ok(collected) => collected.to_bytes(),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(error) => {
-            return Err(ApiError::invalid(format!("failed to read the request body: {error}")));
+            return Err(ApiError::invalid(format!(
+                "failed to read the request body: {error}"
+            )));
         }
     };
     if !parts.headers.contains_key(header::HOST) {
@@ -278,7 +288,10 @@ fn classify_failure(
         }
         Ok(Err(error)) => error,
     };
-    if error.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+    if error
+        .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
         return ApiError::new(
             ErrorKind::Overloaded,
             "the node is running as many instances as it is configured for; retry later",

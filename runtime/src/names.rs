@@ -29,7 +29,10 @@ pub fn validate_name(name: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        bail!("name `{}` contains {bad:?}; only a-z, 0-9 and `-` are allowed", name.escape_default());
+        bail!(
+            "name `{}` contains {bad:?}; only a-z, 0-9 and `-` are allowed",
+            name.escape_default()
+        );
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
         bail!("name `{name}` must start with a letter");
@@ -47,7 +50,10 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// catch-all) and must not shadow the node's own paths (`/fn`, `/healthz`, `/readyz`).
 pub fn normalize_route(route: &str) -> Result<String> {
     if route.len() > MAX_ROUTE_LEN {
-        bail!("route is {} characters long; the limit is {MAX_ROUTE_LEN}", route.len());
+        bail!(
+            "route is {} characters long; the limit is {MAX_ROUTE_LEN}",
+            route.len()
+        );
     }
     if !route.starts_with('/') {
         bail!("route `{}` must start with `/`", route.escape_default());
@@ -123,7 +129,12 @@ mod tests {
             assert!(error.contains(reason), "{name:?}: {error}");
         }
         let long = "a".repeat(64);
-        assert!(validate_name(&long).unwrap_err().to_string().contains("limit is 63"));
+        assert!(
+            validate_name(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("limit is 63")
+        );
     }
 
     #[test]
@@ -131,7 +142,16 @@ mod tests {
         assert_eq!(normalize_route("/api/v1/").unwrap(), "/api/v1");
         assert_eq!(normalize_route("/").unwrap(), "/");
         assert_eq!(normalize_route("/hello").unwrap(), "/hello");
-        for bad in ["api", "/a//b", "/a/../b", "/fn/x", "/healthz", "/a b", "/a?b", "/readyz/x"] {
+        for bad in [
+            "api",
+            "/a//b",
+            "/a/../b",
+            "/fn/x",
+            "/healthz",
+            "/a b",
+            "/a?b",
+            "/readyz/x",
+        ] {
             assert!(normalize_route(bad).is_err(), "{bad} should be rejected");
         }
         assert!(normalize_route("/fnord").is_ok(), "/fnord is not under /fn");

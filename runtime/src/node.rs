@@ -171,7 +171,10 @@ impl Node {
     }
 
     fn snapshot(&self) -> Arc<Served> {
-        self.served.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn publish(&self, served: Served) {
@@ -311,13 +314,25 @@ impl Node {
     /// Every version of a function with its manifest.
     pub fn versions(&self, name: &str) -> Result<Vec<Manifest>, ApiError> {
         names::validate_name(name).map_err(ApiError::invalid)?;
-        let versions = self.registry.versions(name).map_err(|e| ApiError::internal(&e))?;
-        if self.registry.current(name).map_err(|e| ApiError::internal(&e))?.is_none() {
+        let versions = self
+            .registry
+            .versions(name)
+            .map_err(|e| ApiError::internal(&e))?;
+        if self
+            .registry
+            .current(name)
+            .map_err(|e| ApiError::internal(&e))?
+            .is_none()
+        {
             return Err(ApiError::not_found(format!("no function named `{name}`")));
         }
         versions
             .into_iter()
-            .map(|v| self.registry.manifest(name, v).map_err(|e| ApiError::internal(&e)))
+            .map(|v| {
+                self.registry
+                    .manifest(name, v)
+                    .map_err(|e| ApiError::internal(&e))
+            })
             .collect()
     }
 
@@ -345,7 +360,8 @@ impl Node {
         settings: FunctionSettings,
         component: Vec<u8>,
     ) -> Result<DeployOutcome, ApiError> {
-        names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+        names::validate_name(name)
+            .map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
         settings.validate().map_err(ApiError::invalid)?;
         if component.len() as u64 > self.options.max_component_bytes {
             return Err(ApiError::new(
@@ -384,7 +400,8 @@ impl Node {
             settings,
             sha256: hex::encode(Sha256::digest(&component)),
             component_bytes: component.len() as u64,
-            deployed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            deployed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                .to_string(),
         };
         let registry = self.registry.clone();
         let manifest = tokio::task::spawn_blocking(move || {
@@ -411,13 +428,19 @@ impl Node {
             "deployed"
         );
         Ok(DeployOutcome {
-            function: self.describe(&function).map_err(|e| ApiError::internal(&e))?,
+            function: self
+                .describe(&function)
+                .map_err(|e| ApiError::internal(&e))?,
             compile_ms,
         })
     }
 
     /// Switches `name` back to `to`, or to the version before the current one.
-    pub async fn rollback(self: &Arc<Self>, name: &str, to: Option<u64>) -> Result<FunctionInfo, ApiError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        name: &str,
+        to: Option<u64>,
+    ) -> Result<FunctionInfo, ApiError> {
         names::validate_name(name).map_err(ApiError::invalid)?;
         let _guard = self.changes.lock().await;
         let current = self
@@ -425,7 +448,10 @@ impl Node {
             .current(name)
             .map_err(|e| ApiError::internal(&e))?
             .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))?;
-        let versions = self.registry.versions(name).map_err(|e| ApiError::internal(&e))?;
+        let versions = self
+            .registry
+            .versions(name)
+            .map_err(|e| ApiError::internal(&e))?;
         let target = match to {
             Some(version) if versions.contains(&version) => version,
             Some(version) => {
@@ -465,7 +491,9 @@ impl Node {
                 let _ = self.registry.set_current(name, current);
                 return Err(ApiError::new(
                     ErrorKind::Conflict,
-                    format!("version {target} of `{name}` serves route `{route}`, which `{owner}` now serves"),
+                    format!(
+                        "version {target} of `{name}` serves route `{route}`, which `{owner}` now serves"
+                    ),
                 ));
             }
         }
@@ -482,7 +510,12 @@ impl Node {
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
         names::validate_name(name).map_err(ApiError::invalid)?;
         let _guard = self.changes.lock().await;
-        if self.registry.current(name).map_err(|e| ApiError::internal(&e))?.is_none() {
+        if self
+            .registry
+            .current(name)
+            .map_err(|e| ApiError::internal(&e))?
+            .is_none()
+        {
             return Err(ApiError::not_found(format!("no function named `{name}`")));
         }
         let served = self.snapshot().with(|functions| {

@@ -87,7 +87,8 @@ impl Registry {
         for entry in read_dir_names(&self.root)? {
             let path = self.root.join(&entry);
             if entry.starts_with(".trash-") {
-                fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
                 continue;
             }
             let versions = path.join("versions");
@@ -123,7 +124,11 @@ impl Registry {
 
     /// The paths of one version's files.
     pub fn paths(&self, name: &str, version: u64) -> VersionPaths {
-        VersionPaths::in_dir(self.function_dir(name).join("versions").join(version.to_string()))
+        VersionPaths::in_dir(
+            self.function_dir(name)
+                .join("versions")
+                .join(version.to_string()),
+        )
     }
 
     /// All complete versions of a function, ascending.
@@ -144,11 +149,11 @@ impl Registry {
     pub fn current(&self, name: &str) -> Result<Option<u64>> {
         let path = self.function_dir(name).join("current");
         match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(
-                text.trim()
-                    .parse()
-                    .with_context(|| format!("corrupt {}: {text:?}", path.display()))?,
-            )),
+            Ok(text) => {
+                Ok(Some(text.trim().parse().with_context(|| {
+                    format!("corrupt {}: {text:?}", path.display())
+                })?))
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
         }
@@ -189,9 +194,8 @@ impl Registry {
             write_synced(&staged.manifest, &serde_json::to_vec_pretty(manifest)?)?;
             sync_dir(&staging)?;
             let target = versions_dir.join(version.to_string());
-            fs::rename(&staging, &target).with_context(|| {
-                format!("moving {} to {}", staging.display(), target.display())
-            })?;
+            fs::rename(&staging, &target)
+                .with_context(|| format!("moving {} to {}", staging.display(), target.display()))?;
             sync_dir(&versions_dir)
         })();
         if let Err(error) = result {
@@ -238,7 +242,8 @@ impl Registry {
     /// Removes a version that never became current (a deploy that failed after writing it).
     pub fn discard_version(&self, name: &str, version: u64) -> Result<()> {
         let paths = self.paths(name, version);
-        fs::remove_dir_all(&paths.dir).with_context(|| format!("removing {}", paths.dir.display()))?;
+        fs::remove_dir_all(&paths.dir)
+            .with_context(|| format!("removing {}", paths.dir.display()))?;
         let function_dir = self.function_dir(name);
         if self.current(name)?.is_none() && self.versions(name)?.is_empty() {
             let _ = fs::remove_dir_all(&function_dir);
@@ -259,7 +264,8 @@ fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file =
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)
         .with_context(|| format!("writing {}", path.display()))?;
     file.sync_all()
@@ -295,7 +301,10 @@ mod tests {
         registry.add_version(&mut first, b"one", b"art1").unwrap();
         assert_eq!(first.version, 1);
         assert_eq!(registry.current("hello").unwrap(), None);
-        assert!(registry.function_names().unwrap().is_empty(), "no current yet");
+        assert!(
+            registry.function_names().unwrap().is_empty(),
+            "no current yet"
+        );
         registry.set_current("hello", 1).unwrap();
         let mut second = manifest("hello");
         let paths = registry.add_version(&mut second, b"two", b"art2").unwrap();

@@ -70,10 +70,14 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_and_fn_paths_are_direct() {
-        let api = vec!["/api".to_string()];
-        let users = vec!["/api/users".to_string(), "/people".to_string()];
-        let all = vec!["/".to_string()];
-        let table = RouteTable::new([("api", &api[..]), ("users", &users[..]), ("fallback", &all[..])]);
+        let api = ["/api".to_string()];
+        let users = ["/api/users".to_string(), "/people".to_string()];
+        let all = ["/".to_string()];
+        let table = RouteTable::new([
+            ("api", &api[..]),
+            ("users", &users[..]),
+            ("fallback", &all[..]),
+        ]);
         let exists = |name: &str| ["api", "users", "fallback"].contains(&name);
         let route = |path| table.resolve(path, exists).map(|m| m.function);
         assert_eq!(route("/api/users/7").as_deref(), Some("users"));
@@ -83,7 +87,11 @@ mod tests {
         assert_eq!(route("/people").as_deref(), Some("users"));
         assert_eq!(route("/other").as_deref(), Some("fallback"));
         assert_eq!(route("/fn/api/x").as_deref(), Some("api"));
-        assert_eq!(route("/fn/nope/x"), None, "/fn/ never falls through to other routes");
+        assert_eq!(
+            route("/fn/nope/x"),
+            None,
+            "/fn/ never falls through to other routes"
+        );
         assert_eq!(table.owner("/people"), Some("users"));
         assert_eq!(table.owner("/peo"), None);
     }

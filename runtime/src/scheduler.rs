@@ -134,7 +134,10 @@ mod tests {
             async move { scheduler.close_when_idle().await }
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!closer.is_finished(), "close must wait for the running invocation");
+        assert!(
+            !closer.is_finished(),
+            "close must wait for the running invocation"
+        );
         drop(running);
         closer.await.unwrap();
         assert_eq!(scheduler.admit().await.unwrap_err(), Rejected::Closed);

@@ -80,7 +80,9 @@ impl FunctionSettings {
             let value = value.as_ref();
             match key.as_ref() {
                 "route" => settings.routes.push(names::normalize_route(value)?),
-                "memory" => settings.memory_bytes = parse_size(value).context("setting `memory`")?,
+                "memory" => {
+                    settings.memory_bytes = parse_size(value).context("setting `memory`")?
+                }
                 "timeout" => {
                     settings.timeout_ms = parse_duration(value)
                         .context("setting `timeout`")?
@@ -89,16 +91,18 @@ impl FunctionSettings {
                         .context("setting `timeout` is too long")?
                 }
                 "max_concurrency" => {
-                    settings.max_concurrency = value
-                        .parse()
-                        .with_context(|| format!("setting `max_concurrency`: `{value}` is not a number"))?
+                    settings.max_concurrency = value.parse().with_context(|| {
+                        format!("setting `max_concurrency`: `{value}` is not a number")
+                    })?
                 }
                 "queue_depth" => {
-                    settings.queue_depth = value
-                        .parse()
-                        .with_context(|| format!("setting `queue_depth`: `{value}` is not a number"))?
+                    settings.queue_depth = value.parse().with_context(|| {
+                        format!("setting `queue_depth`: `{value}` is not a number")
+                    })?
                 }
-                "max_body" => settings.max_body_bytes = parse_size(value).context("setting `max_body`")?,
+                "max_body" => {
+                    settings.max_body_bytes = parse_size(value).context("setting `max_body`")?
+                }
                 "env" => {
                     let (name, val) = value
                         .split_once('=')
@@ -176,7 +180,10 @@ impl FunctionSettings {
         let mut routes = self.routes.clone();
         routes.sort();
         routes.dedup();
-        ensure!(routes.len() == self.routes.len(), "the same route is given twice");
+        ensure!(
+            routes.len() == self.routes.len(),
+            "the same route is given twice"
+        );
         ensure!(
             self.env.len() <= MAX_ENV_VARS,
             "at most {MAX_ENV_VARS} environment variables per function"
@@ -189,7 +196,10 @@ impl FunctionSettings {
                 "environment variable name `{}` is invalid (use letters, digits and `_`)",
                 name.escape_default()
             );
-            ensure!(!value.contains('\0'), "environment variable `{name}` contains a NUL byte");
+            ensure!(
+                !value.contains('\0'),
+                "environment variable `{name}` contains a NUL byte"
+            );
         }
         Ok(())
     }
@@ -211,12 +221,18 @@ mod tests {
             env: vec![("GREETING".into(), "hi=there & more".into())],
             allow_outbound: true,
         };
-        assert_eq!(FunctionSettings::from_query(&settings.to_query()).unwrap(), settings);
+        assert_eq!(
+            FunctionSettings::from_query(&settings.to_query()).unwrap(),
+            settings
+        );
     }
 
     #[test]
     fn empty_query_gives_defaults() {
-        assert_eq!(FunctionSettings::from_query("").unwrap(), FunctionSettings::default());
+        assert_eq!(
+            FunctionSettings::from_query("").unwrap(),
+            FunctionSettings::default()
+        );
     }
 
     #[test]

@@ -54,7 +54,12 @@ pub fn authorizes(header: Option<&str>, token: &str) -> bool {
     };
     let given = given.trim().as_bytes();
     let token = token.as_bytes();
-    given.len() == token.len() && given.iter().zip(token).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 #[cfg(test)]
@@ -67,7 +72,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create(dir.path()).unwrap();
         assert_eq!(first.len(), 64);
-        let mode = std::fs::metadata(token_path(dir.path())).unwrap().permissions().mode();
+        let mode = std::fs::metadata(token_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load_or_create(dir.path()).unwrap(), first);
     }

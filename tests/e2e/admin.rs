@@ -7,21 +7,36 @@ use std::os::unix::fs::PermissionsExt;
 #[test]
 fn admin_calls_need_the_token() {
     let node = Node::start();
-    let token_mode = std::fs::metadata(node.data.join("admin-token")).unwrap().permissions().mode();
+    let token_mode = std::fs::metadata(node.data.join("admin-token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(token_mode & 0o777, 0o600);
 
     let reply = request("GET", &node.admin_url("/v1/functions"), None, None);
     reply.expect_error(401, "unauthorized");
     assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
-    request("GET", &node.admin_url("/v1/functions"), Some("wrong"), None).expect_error(401, "unauthorized");
-    let wasm = std::fs::read(&guests().hello).unwrap();
-    request("POST", &node.admin_url("/v1/functions/x/versions"), Some("nope"), Some(&wasm))
+    request("GET", &node.admin_url("/v1/functions"), Some("wrong"), None)
         .expect_error(401, "unauthorized");
+    let wasm = std::fs::read(&guests().hello).unwrap();
+    request(
+        "POST",
+        &node.admin_url("/v1/functions/x/versions"),
+        Some("nope"),
+        Some(&wasm),
+    )
+    .expect_error(401, "unauthorized");
     assert!(!node.data.join("functions/x").exists());
 
     // Health and readiness are open on the admin listener too, for orchestrators.
-    assert_eq!(request("GET", &node.admin_url("/healthz"), None, None).status, 200);
-    assert_eq!(request("GET", &node.admin_url("/readyz"), None, None).status, 200);
+    assert_eq!(
+        request("GET", &node.admin_url("/healthz"), None, None).status,
+        200
+    );
+    assert_eq!(
+        request("GET", &node.admin_url("/readyz"), None, None).status,
+        200
+    );
 
     // The CLI shows the server's own words.
     let output = std::process::Command::new(crate::support::fnctl_binary())
@@ -32,7 +47,10 @@ fn admin_calls_need_the_token() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("wrong admin token") && stderr.contains("HTTP 401"), "{stderr}");
+    assert!(
+        stderr.contains("wrong admin token") && stderr.contains("HTTP 401"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -52,13 +70,21 @@ fn openapi_document_matches_the_real_routes() {
     for (method, path) in operations {
         let reply = node.admin_call(&method, &path, None);
         let routed = match reply.status {
-            404 | 405 => !reply.body.contains("no admin API route") && !reply.body.contains("method-not-allowed"),
+            404 | 405 => {
+                !reply.body.contains("no admin API route")
+                    && !reply.body.contains("method-not-allowed")
+            }
             _ => true,
         };
-        assert!(routed, "{method} {path} is documented but not served: {} {}", reply.status, reply.body);
+        assert!(
+            routed,
+            "{method} {path} is documented but not served: {} {}",
+            reply.status, reply.body
+        );
         assert_ne!(reply.status, 401, "{method} {path}");
     }
-    node.admin_call("GET", "/v1/nothing", None).expect_error(404, "not-found");
+    node.admin_call("GET", "/v1/nothing", None)
+        .expect_error(404, "not-found");
     let reply = node.admin_call("PUT", "/v1/functions", None);
     reply.expect_error(405, "method-not-allowed");
     assert_eq!(reply.header("allow"), Some("GET"));
@@ -68,22 +94,45 @@ fn openapi_document_matches_the_real_routes() {
 fn cli_lists_shows_and_invokes() {
     let node = Node::start();
     let run = node.fnctl(&["ls"]);
-    assert!(run.success && run.stdout.contains("No functions deployed"), "{}", run.stdout);
+    assert!(
+        run.success && run.stdout.contains("No functions deployed"),
+        "{}",
+        run.stdout
+    );
 
-    node.deploy(&guests().hello, "hello", &["--memory", "64MiB", "--timeout", "5s"]);
+    node.deploy(
+        &guests().hello,
+        "hello",
+        &["--memory", "64MiB", "--timeout", "5s"],
+    );
     node.deploy(&guests().misbehave, "raw", &[]);
     let run = node.fnctl(&["ls"]);
     assert!(run.success);
     let lines: Vec<&str> = run.stdout.lines().collect();
-    assert!(lines[0].starts_with("NAME") && lines[0].contains("VERSION"), "{}", run.stdout);
-    assert!(lines.iter().any(|l| l.starts_with("hello") && l.contains("64MiB") && l.contains("5s")), "{}", run.stdout);
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("VERSION"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("hello") && l.contains("64MiB") && l.contains("5s")),
+        "{}",
+        run.stdout
+    );
     assert!(lines.iter().any(|l| l.starts_with("raw")), "{}", run.stdout);
 
-    let json: serde_json::Value = serde_json::from_str(&node.fnctl(&["ls", "--json"]).stdout).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&node.fnctl(&["ls", "--json"]).stdout).unwrap();
     assert_eq!(json["functions"].as_array().unwrap().len(), 2);
 
     let run = node.fnctl(&["show", "hello"]);
-    assert!(run.success && run.stdout.contains("64MiB"), "{}", run.stdout);
+    assert!(
+        run.success && run.stdout.contains("64MiB"),
+        "{}",
+        run.stdout
+    );
 
     let run = node.fnctl(&["invoke", "hello", "--path", "/greet?name=Ada"]);
     assert!(run.success, "{}", run.stderr);
@@ -98,8 +147,16 @@ fn cli_lists_shows_and_invokes() {
 
     let run = node.fnctl(&["invoke", "raw", "--path", "/trap"]);
     assert!(!run.success);
-    assert!(run.stderr.contains("trapped") && run.stderr.contains("invocation"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("trapped") && run.stderr.contains("invocation"),
+        "{}",
+        run.stderr
+    );
 
     let run = node.fnctl(&["invoke", "ghost"]);
-    assert!(!run.success && run.stderr.contains("no function named `ghost`"), "{}", run.stderr);
+    assert!(
+        !run.success && run.stderr.contains("no function named `ghost`"),
+        "{}",
+        run.stderr
+    );
 }

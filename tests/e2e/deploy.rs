@@ -7,13 +7,19 @@ fn assert_nothing_written(node: &Node, name: &str) {
     let functions = node.data.join("functions");
     let entries = tree(&functions);
     assert!(
-        !entries.iter().any(|e| e == name || e.starts_with(&format!("{name}/")) || e.contains(".staging")),
+        !entries
+            .iter()
+            .any(|e| e == name || e.starts_with(&format!("{name}/")) || e.contains(".staging")),
         "leftovers on disk for `{name}`: {entries:?}"
     );
 }
 
 fn deploy_raw(node: &Node, name: &str, query: &str, body: &[u8]) -> crate::support::Reply {
-    node.admin_call("POST", &format!("/v1/functions/{name}/versions?{query}"), Some(body))
+    node.admin_call(
+        "POST",
+        &format!("/v1/functions/{name}/versions?{query}"),
+        Some(body),
+    )
 }
 
 #[test]
@@ -30,8 +36,13 @@ fn deploy_then_invoke_hello_over_http() {
     assert_eq!(body["path"], "/fn/hello/greet");
     assert_eq!(body["query"], "name=Ada");
     assert_eq!(body["function"], "hello");
-    let id = reply.header("x-flint-invocation-id").expect("invocation id header");
-    assert_eq!(body["invocation_id"], id, "the guest sees the id the client gets");
+    let id = reply
+        .header("x-flint-invocation-id")
+        .expect("invocation id header");
+    assert_eq!(
+        body["invocation_id"], id,
+        "the guest sees the id the client gets"
+    );
     assert_eq!(id.len(), 16);
 
     // Every request is a fresh sandbox: a new id each time.
@@ -47,8 +58,17 @@ fn deploy_progress_and_summary_are_readable() {
     assert!(run.success, "{}", run.stderr);
     assert!(run.stderr.contains("Uploading"), "{}", run.stderr);
     assert!(run.stderr.contains("compiling"), "{}", run.stderr);
-    assert!(run.stdout.contains("Deployed hello version 1"), "{}", run.stdout);
-    assert!(run.stdout.contains(&format!("http://{}/fn/hello/", node.public)), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("Deployed hello version 1"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("http://{}/fn/hello/", node.public)),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("/fn/hello, /hi"), "{}", run.stdout);
 }
 
@@ -57,7 +77,15 @@ fn bad_names_are_rejected_and_nothing_is_written() {
     let node = Node::start();
     let wasm = std::fs::read(&guests().hello).unwrap();
     let long = "a".repeat(64);
-    for name in ["Hello", "a_b", "%2E%2E", "..", "1abc", long.as_str(), "with%20space"] {
+    for name in [
+        "Hello",
+        "a_b",
+        "%2E%2E",
+        "..",
+        "1abc",
+        long.as_str(),
+        "with%20space",
+    ] {
         let reply = deploy_raw(&node, name, "", &wasm);
         let message = reply.expect_error(400, "invalid-argument");
         assert!(message.contains("name"), "{name}: {message}");
@@ -66,7 +94,12 @@ fn bad_names_are_rejected_and_nothing_is_written() {
     assert!(entries.is_empty(), "{entries:?}");
 
     // The CLI refuses before uploading, with a message and a non-zero exit.
-    let run = node.fnctl(&["deploy", guests().hello.to_str().unwrap(), "--name", "../etc"]);
+    let run = node.fnctl(&[
+        "deploy",
+        guests().hello.to_str().unwrap(),
+        "--name",
+        "../etc",
+    ]);
     assert!(!run.success);
     assert!(run.stderr.contains("only a-z"), "{}", run.stderr);
 }
@@ -76,10 +109,14 @@ fn core_modules_and_non_wasm_are_explained() {
     let node = Node::start();
     let core = wat::parse_str("(module (func (export \"f\")))").unwrap();
     let message = deploy_raw(&node, "core", "", &core).expect_error(400, "invalid-argument");
-    assert!(message.contains("core WebAssembly module") && message.contains("wasm32-wasip2"), "{message}");
+    assert!(
+        message.contains("core WebAssembly module") && message.contains("wasm32-wasip2"),
+        "{message}"
+    );
     assert_nothing_written(&node, "core");
 
-    let message = deploy_raw(&node, "junk", "", b"#!/bin/sh\necho not wasm\n").expect_error(400, "invalid-argument");
+    let message = deploy_raw(&node, "junk", "", b"#!/bin/sh\necho not wasm\n")
+        .expect_error(400, "invalid-argument");
     assert!(message.contains("not a WebAssembly binary"), "{message}");
     assert_nothing_written(&node, "junk");
 
@@ -98,7 +135,8 @@ fn unsatisfiable_imports_are_named() {
              (import "acme:cache/get@2.1.0" (instance)))"#,
     )
     .unwrap();
-    let message = deploy_raw(&node, "foreign", "", &component).expect_error(400, "invalid-argument");
+    let message =
+        deploy_raw(&node, "foreign", "", &component).expect_error(400, "invalid-argument");
     assert!(message.contains("acme:db/query@1.0.0"), "{message}");
     assert!(message.contains("acme:cache/get@2.1.0"), "{message}");
     assert_nothing_written(&node, "foreign");
@@ -113,7 +151,10 @@ fn unsatisfiable_imports_are_named() {
 fn oversized_uploads_get_413() {
     let node = Node::start_with(&["--max-component-size", "64KiB"]);
     let wasm = std::fs::read(&guests().hello).unwrap();
-    assert!(wasm.len() > 64 << 10, "hello.wasm must exceed the limit for this test");
+    assert!(
+        wasm.len() > 64 << 10,
+        "hello.wasm must exceed the limit for this test"
+    );
     let message = deploy_raw(&node, "big", "", &wasm).expect_error(413, "payload-too-large");
     assert!(message.contains("64KiB"), "{message}");
     assert_nothing_written(&node, "big");
@@ -134,7 +175,8 @@ fn bad_settings_are_rejected() {
         ("route=../up", "must start with"),
         ("colour=blue", "unknown setting"),
     ] {
-        let message = deploy_raw(&node, "settings", query, &wasm).expect_error(400, "invalid-argument");
+        let message =
+            deploy_raw(&node, "settings", query, &wasm).expect_error(400, "invalid-argument");
         assert!(message.contains(needle), "{query}: {message}");
     }
     assert_nothing_written(&node, "settings");
@@ -146,7 +188,10 @@ fn route_conflicts_get_409_and_longest_prefix_wins() {
     node.deploy(&guests().hello, "hello", &["--route", "/api"]);
     let wasm = std::fs::read(&guests().misbehave).unwrap();
     let message = deploy_raw(&node, "other", "route=/api", &wasm).expect_error(409, "conflict");
-    assert!(message.contains("/api") && message.contains("hello"), "{message}");
+    assert!(
+        message.contains("/api") && message.contains("hello"),
+        "{message}"
+    );
     assert_nothing_written(&node, "other");
 
     // A longer prefix under /api is fine and wins for its paths.
@@ -156,7 +201,11 @@ fn route_conflicts_get_409_and_longest_prefix_wins() {
     assert_eq!(echoed.body, "POST /api/echo\npayload");
     let greeted = node.get("/api/anything?name=Bo");
     assert_eq!(greeted.json()["message"], "Hello, Bo!");
-    assert_eq!(node.get("/apix").status, 404, "prefixes match whole segments");
+    assert_eq!(
+        node.get("/apix").status,
+        404,
+        "prefixes match whole segments"
+    );
     // Redeploying the owner with the same route is not a conflict.
     node.deploy(&guests().hello, "hello", &["--route", "/api"]);
 }

@@ -5,16 +5,20 @@ use crate::support::{Node, guests, request};
 use std::time::Duration;
 
 fn artifact_mtime(node: &Node, name: &str, version: u64) -> std::time::SystemTime {
-    let path = node
-        .data
-        .join(format!("functions/{name}/versions/{version}/component.cwasm"));
+    let path = node.data.join(format!(
+        "functions/{name}/versions/{version}/component.cwasm"
+    ));
     std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
 #[test]
 fn functions_serve_again_after_restart_without_recompiling() {
     let mut node = Node::start();
-    node.deploy(&guests().hello, "hello", &["--route", "/hi", "--env", "GREETING=Howdy"]);
+    node.deploy(
+        &guests().hello,
+        "hello",
+        &["--route", "/hi", "--env", "GREETING=Howdy"],
+    );
     let before = artifact_mtime(&node, "hello", 1);
     assert!(node.terminate().success());
 
@@ -24,7 +28,11 @@ fn functions_serve_again_after_restart_without_recompiling() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["message"], "Howdy, Cy!");
     assert_eq!(artifact_mtime(&restarted, "hello", 1), before);
-    assert!(!restarted.log().contains("recompiling"), "{}", restarted.log());
+    assert!(
+        !restarted.log().contains("recompiling"),
+        "{}",
+        restarted.log()
+    );
     assert_eq!(restarted.get("/readyz").json()["functions"], 1);
     drop(node);
 }
@@ -42,9 +50,18 @@ fn kill_9_loses_nothing_that_was_deployed() {
 
     let restarted = Node::start_in(&node.data.clone(), &[]);
     assert_eq!(restarted.get("/fn/hello/").status, 200);
-    assert_eq!(restarted.post("/fn/raw/echo", b"x").body, "POST /fn/raw/echo\nx");
-    assert!(!staging.exists(), "leftover staging dir is cleaned at start");
-    assert_eq!(restarted.function("raw")["versions"], serde_json::json!([1]));
+    assert_eq!(
+        restarted.post("/fn/raw/echo", b"x").body,
+        "POST /fn/raw/echo\nx"
+    );
+    assert!(
+        !staging.exists(),
+        "leftover staging dir is cleaned at start"
+    );
+    assert_eq!(
+        restarted.function("raw")["versions"],
+        serde_json::json!([1])
+    );
 }
 
 #[test]
@@ -58,8 +75,16 @@ fn redeploy_keeps_in_flight_requests_on_the_old_version() {
     node.wait_for_load("tagged", 1, 0);
     let redeployed = node.deploy(&guests().misbehave, "tagged", &["--env", "TAG=two"]);
     assert_eq!(redeployed["version"], 2);
-    assert_eq!(node.get("/fn/tagged/tag").body, "two", "new requests get the new version");
-    assert_eq!(in_flight.join().unwrap().body, "one", "the in-flight request finished on v1");
+    assert_eq!(
+        node.get("/fn/tagged/tag").body,
+        "two",
+        "new requests get the new version"
+    );
+    assert_eq!(
+        in_flight.join().unwrap().body,
+        "one",
+        "the in-flight request finished on v1"
+    );
 }
 
 #[test]
@@ -68,7 +93,11 @@ fn rollback_switches_versions_and_survives_restart() {
     node.deploy(&guests().misbehave, "tagged", &["--env", "TAG=one"]);
     let run = node.fnctl(&["rollback", "tagged"]);
     assert!(!run.success, "nothing to roll back to");
-    assert!(run.stderr.contains("nothing to roll back to") && run.stderr.contains("HTTP 409"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nothing to roll back to") && run.stderr.contains("HTTP 409"),
+        "{}",
+        run.stderr
+    );
 
     node.deploy(&guests().misbehave, "tagged", &["--env", "TAG=two"]);
     node.deploy(&guests().misbehave, "tagged", &["--env", "TAG=three"]);
@@ -76,7 +105,11 @@ fn rollback_switches_versions_and_survives_restart() {
 
     let run = node.fnctl(&["rollback", "tagged"]);
     assert!(run.success, "{}", run.stderr);
-    assert!(run.stdout.contains("now serves version 2"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("now serves version 2"),
+        "{}",
+        run.stdout
+    );
     assert_eq!(node.get("/fn/tagged/tag").body, "two");
 
     let run = node.fnctl(&["rollback", "tagged", "--to", "1"]);
@@ -89,7 +122,11 @@ fn rollback_switches_versions_and_survives_restart() {
 
     let versions = node.fnctl(&["versions", "tagged"]);
     assert!(versions.success);
-    let current: Vec<&str> = versions.stdout.lines().filter(|l| l.contains('*')).collect();
+    let current: Vec<&str> = versions
+        .stdout
+        .lines()
+        .filter(|l| l.contains('*'))
+        .collect();
     assert_eq!(current.len(), 1, "{}", versions.stdout);
     assert!(current[0].starts_with("1 "), "{}", versions.stdout);
 
@@ -113,7 +150,11 @@ fn removed_functions_stop_serving_and_leave_no_files() {
     assert!(!node.data.join("functions/hello").exists());
     let run = node.fnctl(&["rm", "hello"]);
     assert!(!run.success);
-    assert!(run.stderr.contains("no function named `hello`"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("no function named `hello`"),
+        "{}",
+        run.stderr
+    );
     // The route is free again.
     node.deploy(&guests().misbehave, "other", &["--route", "/hi"]);
 }

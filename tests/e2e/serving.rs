@@ -11,24 +11,37 @@ fn foreign_component_runs_unchanged() {
     node.deploy(&guests().misbehave, "raw", &[]);
     let reply = node.post("/fn/raw/echo", b"hello from a plain wasi component");
     assert_eq!(reply.status, 200);
-    assert_eq!(reply.body, "POST /fn/raw/echo\nhello from a plain wasi component");
+    assert_eq!(
+        reply.body,
+        "POST /fn/raw/echo\nhello from a plain wasi component"
+    );
 }
 
 #[test]
 fn env_vars_reach_the_guest() {
     let node = Node::start();
-    node.deploy(&guests().misbehave, "envy", &["--env", "FOO=bar baz", "--env", "EMPTY="]);
+    node.deploy(
+        &guests().misbehave,
+        "envy",
+        &["--env", "FOO=bar baz", "--env", "EMPTY="],
+    );
     assert_eq!(node.get("/fn/envy/env?key=FOO").body, "bar baz");
     assert_eq!(node.get("/fn/envy/env?key=EMPTY").status, 200);
     assert_eq!(node.get("/fn/envy/env?key=FLINT_FUNCTION").body, "envy");
-    assert_eq!(node.get("/fn/envy/env?key=HOME").status, 404, "the host's env does not leak");
+    assert_eq!(
+        node.get("/fn/envy/env?key=HOME").status,
+        404,
+        "the host's env does not leak"
+    );
 }
 
 #[test]
 fn oversized_bodies_get_413_and_small_ones_pass() {
     let node = Node::start();
     node.deploy(&guests().misbehave, "small", &["--max-body", "1KiB"]);
-    let message = node.post("/fn/small/echo", &[b'x'; 2048]).expect_error(413, "payload-too-large");
+    let message = node
+        .post("/fn/small/echo", &[b'x'; 2048])
+        .expect_error(413, "payload-too-large");
     assert!(message.contains("1KiB"), "{message}");
     let ok = node.post("/fn/small/echo", &[b'y'; 1000]);
     assert_eq!(ok.status, 200);
@@ -43,18 +56,30 @@ fn trap_is_a_500_with_an_id_and_others_keep_serving() {
     let reply = node.get("/fn/bad/trap");
     let message = reply.expect_error(500, "guest-trap");
     assert!(message.contains("unreachable"), "{message}");
-    let id = reply.header("x-flint-invocation-id").expect("id on errors too").to_string();
+    let id = reply
+        .header("x-flint-invocation-id")
+        .expect("id on errors too")
+        .to_string();
     // The guest's panic message is in the node log under that invocation id.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !node.log().contains("deliberate panic") {
         assert!(std::time::Instant::now() < deadline, "{}", node.log());
         std::thread::sleep(Duration::from_millis(20));
     }
-    let line = node.log().lines().find(|l| l.contains("deliberate panic")).unwrap().to_string();
+    let line = node
+        .log()
+        .lines()
+        .find(|l| l.contains("deliberate panic"))
+        .unwrap()
+        .to_string();
     assert!(line.contains(&id), "{line}");
 
     assert_eq!(node.get("/fn/hello/").status, 200);
-    assert_eq!(node.get("/fn/bad/echo").status, 200, "the same function serves the next request");
+    assert_eq!(
+        node.get("/fn/bad/echo").status,
+        200,
+        "the same function serves the next request"
+    );
 }
 
 #[test]
@@ -67,7 +92,8 @@ fn infinite_loops_and_slow_guests_time_out_with_504() {
     assert!(message.contains("500ms"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(20));
     // Blocked in a host call (sleep) rather than spinning: also a timeout.
-    node.get("/fn/slow/sleep?ms=5000").expect_error(504, "timeout");
+    node.get("/fn/slow/sleep?ms=5000")
+        .expect_error(504, "timeout");
     assert_eq!(node.get("/fn/hello/").status, 200);
     assert_eq!(node.get("/fn/slow/sleep?ms=1").body, "slept 1");
 }
@@ -105,14 +131,20 @@ fn memory_bomb_hits_the_cap_with_a_clear_error() {
 fn no_response_is_a_502() {
     let node = Node::start();
     node.deploy(&guests().misbehave, "mute", &[]);
-    let message = node.get("/fn/mute/noresponse").expect_error(502, "bad-guest-response");
+    let message = node
+        .get("/fn/mute/noresponse")
+        .expect_error(502, "bad-guest-response");
     assert!(message.contains("without sending a response"), "{message}");
 }
 
 #[test]
 fn full_queue_answers_503_with_retry_after() {
     let node = Node::start();
-    node.deploy(&guests().misbehave, "narrow", &["--max-concurrency", "1", "--queue-depth", "1"]);
+    node.deploy(
+        &guests().misbehave,
+        "narrow",
+        &["--max-concurrency", "1", "--queue-depth", "1"],
+    );
     let first = {
         let url = node.url("/fn/narrow/sleep?ms=1500");
         std::thread::spawn(move || crate::support::request("GET", &url, None, None))
@@ -130,7 +162,11 @@ fn full_queue_answers_503_with_retry_after() {
     assert!(third.header("x-flint-invocation-id").is_some());
 
     assert_eq!(first.join().unwrap().body, "slept 1500");
-    assert_eq!(second.join().unwrap().body, "slept 10", "the queued request ran");
+    assert_eq!(
+        second.join().unwrap().body,
+        "slept 10",
+        "the queued request ran"
+    );
     node.wait_for_load("narrow", 0, 0);
 }
 

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Paths of the built guest components.
@@ -178,7 +181,16 @@ impl Node {
         let addresses = data.join("node.json");
         let _ = std::fs::remove_file(&addresses);
         let child = Command::new(fnctl_binary())
-            .args(["serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--max-instances", "64", "--data"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--max-instances",
+                "64",
+                "--data",
+            ])
             .arg(data)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -210,7 +222,10 @@ impl Node {
             _tmp: None,
             public: described["public"].as_str().unwrap().parse().unwrap(),
             admin: described["admin"].as_str().unwrap().parse().unwrap(),
-            token: std::fs::read_to_string(data.join("admin-token")).unwrap().trim().to_string(),
+            token: std::fs::read_to_string(data.join("admin-token"))
+                .unwrap()
+                .trim()
+                .to_string(),
             log,
         };
         node.wait_ready();
@@ -294,7 +309,10 @@ impl Node {
             if f["running"] == running && f["queued"] == queued {
                 return;
             }
-            assert!(Instant::now() < deadline, "load never reached {running}/{queued}: {f}");
+            assert!(
+                Instant::now() < deadline,
+                "load never reached {running}/{queued}: {f}"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -350,7 +368,13 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration) -> ExitStatus {
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
 }
 
 impl Drop for Node {
@@ -365,7 +389,9 @@ impl Drop for Node {
 /// Every file and directory under `dir`, relative, sorted.
 pub fn tree(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             out.push(path.strip_prefix(base).unwrap().display().to_string());

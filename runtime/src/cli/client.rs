@@ -69,9 +69,10 @@ impl AdminClient {
             Some(server) => server.clone(),
             None => match std::fs::read(addresses_path(&args.data_dir)) {
                 Ok(bytes) => {
-                    let addresses: NodeAddresses = serde_json::from_slice(&bytes).with_context(|| {
-                        format!("parsing {}", addresses_path(&args.data_dir).display())
-                    })?;
+                    let addresses: NodeAddresses =
+                        serde_json::from_slice(&bytes).with_context(|| {
+                            format!("parsing {}", addresses_path(&args.data_dir).display())
+                        })?;
                     format!("http://{}", addresses.admin)
                 }
                 Err(_) => "http://127.0.0.1:8081".to_string(),
@@ -83,7 +84,9 @@ impl AdminClient {
             format!("http://{base}")
         };
         if !base.starts_with("http://") {
-            bail!("`{base}`: fnctl speaks plain http:// to the admin API (put TLS in front of it for remote use)");
+            bail!(
+                "`{base}`: fnctl speaks plain http:// to the admin API (put TLS in front of it for remote use)"
+            );
         }
         let base = base.trim_end_matches('/').to_string();
         let token = match &args.token {
@@ -126,13 +129,16 @@ impl AdminClient {
         for (name, value) in headers {
             request = request.header(name, value);
         }
-        let request = request.body(body).with_context(|| format!("building a request to {url}"))?;
+        let request = request
+            .body(body)
+            .with_context(|| format!("building a request to {url}"))?;
         self.runtime.block_on(async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .with_context(|| format!("cannot reach the Flint node at {} (is `fnctl serve` running?)", self.base))?;
+            let response = self.client.request(request).await.with_context(|| {
+                format!(
+                    "cannot reach the Flint node at {} (is `fnctl serve` running?)",
+                    self.base
+                )
+            })?;
             let (parts, body) = response.into_parts();
             let body = body
                 .collect()
@@ -148,10 +154,18 @@ impl AdminClient {
     }
 
     /// Sends a request with a JSON (or empty) body and returns the JSON answer.
-    pub fn json(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+    pub fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let (headers, body) = match body {
             Some(value) => (
-                vec![(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                vec![(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
                 bytes_body(Bytes::from(serde_json::to_vec(&value)?)),
             ),
             None => (Vec::new(), bytes_body(Bytes::new())),

@@ -136,7 +136,9 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         allow_outbound: args.allow_outbound,
     };
     for route in &args.routes {
-        settings.routes.push(crate::names::normalize_route(route).context("--route")?);
+        settings
+            .routes
+            .push(crate::names::normalize_route(route).context("--route")?);
     }
     for pair in &args.env {
         let (key, value) = pair
@@ -147,8 +149,8 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     settings.validate()?;
     crate::names::validate_name(&args.name).context("--name")?;
 
-    let component = std::fs::read(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
+    let component =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let client = AdminClient::connect(&args.client)?;
     let size = component.len() as u64;
     let quiet = args.client.json;
@@ -166,11 +168,18 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
             eprintln!("Uploaded; the node is validating and compiling the component ...");
         }
     });
-    let path = format!("/v1/functions/{}/versions?{}", encode(&args.name), settings.to_query());
+    let path = format!(
+        "/v1/functions/{}/versions?{}",
+        encode(&args.name),
+        settings.to_query()
+    );
     let answer = client.send(
         Method::POST,
         &path,
-        &[(header::CONTENT_TYPE, HeaderValue::from_static("application/wasm"))],
+        &[(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/wasm"),
+        )],
         body,
     )?;
     let value = answer.json()?;
@@ -205,7 +214,11 @@ fn join(values: &Value) -> String {
         .map(|items| {
             items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
                 .collect::<Vec<_>>()
                 .join(", ")
         })
@@ -261,7 +274,15 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
         })
         .collect();
     print_table(
-        &["NAME", "VERSION", "ROUTES", "MEMORY", "TIMEOUT", "CONCURRENCY", "RUNNING/QUEUED"],
+        &[
+            "NAME",
+            "VERSION",
+            "ROUTES",
+            "MEMORY",
+            "TIMEOUT",
+            "CONCURRENCY",
+            "RUNNING/QUEUED",
+        ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
@@ -270,13 +291,30 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
 /// `fnctl show NAME`
 pub fn show(args: NameArgs) -> Result<ExitCode> {
     let client = AdminClient::connect(&args.client)?;
-    let value = client.json(Method::GET, &format!("/v1/functions/{}", encode(&args.name)), None)?;
+    let value = client.json(
+        Method::GET,
+        &format!("/v1/functions/{}", encode(&args.name)),
+        None,
+    )?;
     if args.client.json {
         return print_json(&value);
     }
     for key in [
-        "name", "version", "versions", "url", "routes", "memory", "timeout", "max_concurrency",
-        "queue_depth", "max_body", "allow_outbound", "env", "sha256", "component_bytes", "deployed_at",
+        "name",
+        "version",
+        "versions",
+        "url",
+        "routes",
+        "memory",
+        "timeout",
+        "max_concurrency",
+        "queue_depth",
+        "max_body",
+        "allow_outbound",
+        "env",
+        "sha256",
+        "component_bytes",
+        "deployed_at",
     ] {
         let shown = match &value[key] {
             Value::String(s) => s.clone(),
@@ -307,10 +345,19 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
         .map(|v| {
             vec![
                 v["version"].to_string(),
-                if v["current"].as_bool() == Some(true) { "*".into() } else { String::new() },
+                if v["current"].as_bool() == Some(true) {
+                    "*".into()
+                } else {
+                    String::new()
+                },
                 v["deployed_at"].as_str().unwrap_or_default().to_string(),
                 format_size(v["component_bytes"].as_u64().unwrap_or_default()),
-                v["sha256"].as_str().unwrap_or_default().chars().take(12).collect(),
+                v["sha256"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(12)
+                    .collect(),
             ]
         })
         .collect();
@@ -321,7 +368,11 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
 /// `fnctl rm NAME`
 pub fn remove(args: NameArgs) -> Result<ExitCode> {
     let client = AdminClient::connect(&args.client)?;
-    let value = client.json(Method::DELETE, &format!("/v1/functions/{}", encode(&args.name)), None)?;
+    let value = client.json(
+        Method::DELETE,
+        &format!("/v1/functions/{}", encode(&args.name)),
+        None,
+    )?;
     if args.client.json {
         return print_json(&value);
     }
@@ -332,7 +383,9 @@ pub fn remove(args: NameArgs) -> Result<ExitCode> {
 /// `fnctl rollback NAME [--to VERSION]`
 pub fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     let client = AdminClient::connect(&args.client)?;
-    let body = args.to.map(|version| serde_json::json!({ "version": version }));
+    let body = args
+        .to
+        .map(|version| serde_json::json!({ "version": version }));
     let value = client.json(
         Method::POST,
         &format!("/v1/functions/{}/rollback", encode(&args.name)),
@@ -356,7 +409,8 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
         (Some(data), _) => Some(Bytes::from(data.clone())),
         (None, Some(path)) if path.as_os_str() == "-" => {
             let mut buffer = Vec::new();
-            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer).context("reading stdin")?;
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buffer)
+                .context("reading stdin")?;
             Some(Bytes::from(buffer))
         }
         (None, Some(path)) => Some(Bytes::from(
@@ -376,7 +430,8 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
             .with_context(|| format!("header `{header}` is not `Name: value`"))?;
         let name = header::HeaderName::from_bytes(name.trim().as_bytes())
             .with_context(|| format!("invalid header name in `{header}`"))?;
-        let value = HeaderValue::from_str(value.trim()).with_context(|| format!("invalid header value in `{header}`"))?;
+        let value = HeaderValue::from_str(value.trim())
+            .with_context(|| format!("invalid header value in `{header}`"))?;
         headers.push((name, value));
     }
     let client = AdminClient::connect(&args.client)?;
@@ -385,7 +440,11 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
     if !args.path.is_empty() {
         query.append_pair("path", &args.path);
     }
-    let path = format!("/v1/functions/{}/invoke?{}", encode(&args.name), query.finish());
+    let path = format!(
+        "/v1/functions/{}/invoke?{}",
+        encode(&args.name),
+        query.finish()
+    );
     let answer = client.send(
         Method::POST,
         &path,

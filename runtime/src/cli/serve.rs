@@ -35,15 +35,18 @@ pub struct ServeArgs {
 }
 
 fn parse_size_arg(text: &str) -> Result<String, String> {
-    parse_size(text).map(|_| text.to_string()).map_err(|e| e.to_string())
+    parse_size(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Runs the node.
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -53,7 +53,11 @@ fn match_template<'a>(template: &str, path: &'a str) -> Option<Option<&'a str>> 
 }
 
 /// Answers one request on the admin listener.
-pub async fn handle(node: &Arc<Node>, token: &str, request: Request<Incoming>) -> Response<ResponseBody> {
+pub async fn handle(
+    node: &Arc<Node>,
+    token: &str,
+    request: Request<Incoming>,
+) -> Response<ResponseBody> {
     let path = request.uri().path().to_string();
     let method = request.method().clone();
     let mut allowed = Vec::new();
@@ -72,7 +76,10 @@ pub async fn handle(node: &Arc<Node>, token: &str, request: Request<Incoming>) -
         }
         let mut response = error_response(&ApiError::new(
             ErrorKind::MethodNotAllowed,
-            format!("`{method} {path}` is not supported; allowed: {}", allowed.join(", ")),
+            format!(
+                "`{method} {path}` is not supported; allowed: {}",
+                allowed.join(", ")
+            ),
         ));
         if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
             response.headers_mut().insert(header::ALLOW, value);
@@ -119,9 +126,10 @@ pub async fn handle(node: &Arc<Node>, token: &str, request: Request<Incoming>) -
 
 fn openapi() -> Response<ResponseBody> {
     let mut response = Response::new(invoke::full_body(OPENAPI));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -141,7 +149,8 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
 }
 
 fn loaded(node: &Node, name: &str) -> Result<Arc<crate::function::LoadedFunction>, ApiError> {
-    crate::names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+    crate::names::validate_name(name)
+        .map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
     node.function(name)
         .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))
 }
@@ -150,16 +159,27 @@ fn list(node: &Node) -> Result<Response<ResponseBody>, ApiError> {
     let mut functions = Vec::new();
     for name in node.function_names() {
         if let Some(function) = node.function(&name) {
-            functions.push(node.describe(&function).map_err(|e| ApiError::internal(&e))?);
+            functions.push(
+                node.describe(&function)
+                    .map_err(|e| ApiError::internal(&e))?,
+            );
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({ "functions": functions })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "functions": functions }),
+    ))
 }
 
 fn show(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError> {
     let function = loaded(node, name)?;
-    let info = node.describe(&function).map_err(|e| ApiError::internal(&e))?;
-    Ok(json_response(StatusCode::OK, &serde_json::to_value(info).unwrap_or_default()))
+    let info = node
+        .describe(&function)
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(info).unwrap_or_default(),
+    ))
 }
 
 fn versions(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError> {
@@ -178,7 +198,10 @@ fn versions(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError>
             })
         })
         .collect();
-    Ok(json_response(StatusCode::OK, &json!({ "name": name, "versions": versions })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "name": name, "versions": versions }),
+    ))
 }
 
 async fn remove(node: &Arc<Node>, name: &str) -> Result<Response<ResponseBody>, ApiError> {
@@ -191,7 +214,8 @@ async fn deploy(
     name: &str,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    crate::names::validate_name(name).map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+    crate::names::validate_name(name)
+        .map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
     let settings = FunctionSettings::from_query(request.uri().query().unwrap_or_default())
         .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
     let limit = node.options().max_component_bytes;
@@ -217,12 +241,16 @@ async fn rollback(
         struct RollbackRequest {
             version: Option<u64>,
         }
-        let parsed: RollbackRequest = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::invalid(format!("rollback body must be {{\"version\": N}}: {e}")))?;
+        let parsed: RollbackRequest = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!("rollback body must be {{\"version\": N}}: {e}"))
+        })?;
         parsed.version
     };
     let info = node.rollback(name, to).await?;
-    Ok(json_response(StatusCode::OK, &serde_json::to_value(info).unwrap_or_default()))
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::to_value(info).unwrap_or_default(),
+    ))
 }
 
 /// `POST /v1/functions/NAME/invoke?method=GET&path=/sub`: runs the function as if the request
@@ -235,14 +263,19 @@ async fn invoke_through_admin(
     let function = loaded(node, name)?;
     let mut method = Method::POST;
     let mut sub_path = String::new();
-    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes()) {
+    for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
+    {
         match key.as_ref() {
             "method" => {
                 method = Method::from_bytes(value.as_bytes())
                     .map_err(|_| ApiError::invalid(format!("invalid method `{value}`")))?
             }
             "path" => sub_path = value.into_owned(),
-            other => return Err(ApiError::invalid(format!("unknown invoke parameter `{other}` (known: method, path)"))),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown invoke parameter `{other}` (known: method, path)"
+                )));
+            }
         }
     }
     if !sub_path.is_empty() && !sub_path.starts_with('/') {
@@ -258,11 +291,18 @@ async fn invoke_through_admin(
     Ok(invoke::invoke(node, function, Request::from_parts(parts, body)).await)
 }
 
-async fn read_limited(request: Request<Incoming>, limit: u64, what: &str) -> Result<Bytes, ApiError> {
+async fn read_limited(
+    request: Request<Incoming>,
+    limit: u64,
+    what: &str,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorKind::PayloadTooLarge,
-            format!("the {what} is larger than this node accepts ({})", format_size(limit)),
+            format!(
+                "the {what} is larger than this node accepts ({})",
+                format_size(limit)
+            ),
         )
     };
     let declared = request
@@ -273,13 +313,18 @@ async fn read_limited(request: Request<Incoming>, limit: u64, what: &str) -> Res
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), usize::try_from(limit).unwrap_or(usize::MAX))
-        .collect()
-        .await
+    match Limited::new(
+        request.into_body(),
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )
+    .collect()
+    .await
     {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ApiError::invalid(format!("failed to read the {what}: {error}"))),
+        Err(error) => Err(ApiError::invalid(format!(
+            "failed to read the {what}: {error}"
+        ))),
     }
 }
 
@@ -289,9 +334,18 @@ mod tests {
 
     #[test]
     fn templates_match_whole_segments() {
-        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/hello"), Some(Some("hello")));
-        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/"), None);
-        assert_eq!(match_template("/v1/functions/{name}", "/v1/functions/a/b"), None);
+        assert_eq!(
+            match_template("/v1/functions/{name}", "/v1/functions/hello"),
+            Some(Some("hello"))
+        );
+        assert_eq!(
+            match_template("/v1/functions/{name}", "/v1/functions/"),
+            None
+        );
+        assert_eq!(
+            match_template("/v1/functions/{name}", "/v1/functions/a/b"),
+            None
+        );
         assert_eq!(match_template("/v1/functions", "/v1/functions"), Some(None));
         assert_eq!(match_template("/v1/functions", "/v1/functionsx"), None);
     }
@@ -308,7 +362,10 @@ mod tests {
                 }
             }
         }
-        let mut served: Vec<_> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        let mut served: Vec<_> = ROUTES
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
         documented.sort();
         served.sort();
         assert_eq!(documented, served);

@@ -73,7 +73,11 @@ pub async fn serve(
     let data_dir = node.options().data_dir.clone();
     write_addresses(&data_dir, &addresses)?;
     tracing::info!("serving functions on http://{}/fn/NAME/", addresses.public);
-    tracing::info!("admin API on http://{}/v1/ (bearer token in {})", addresses.admin, crate::token::token_path(&data_dir).display());
+    tracing::info!(
+        "admin API on http://{}/v1/ (bearer token in {})",
+        addresses.admin,
+        crate::token::token_path(&data_dir).display()
+    );
     tracing::info!("data in {}", data_dir.display());
 
     let loader = tokio::spawn({
