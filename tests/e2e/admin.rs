@@ -127,6 +127,23 @@ fn cli_lists_shows_and_invokes() {
         serde_json::from_str(&node.fnctl(&["ls", "--json"]).stdout).unwrap();
     assert_eq!(json["functions"].as_array().unwrap().len(), 2);
 
+    // `--data DIR` alone (no environment) finds the node's address and token.
+    let output = std::process::Command::new(crate::support::fnctl_binary())
+        .args(["ls", "--json", "--data"])
+        .arg(&node.data)
+        .env_remove("FLINT_DATA")
+        .env_remove("FNCTL_SERVER")
+        .env_remove("FNCTL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(listed["functions"][0]["name"], "hello");
+
     let run = node.fnctl(&["show", "hello"]);
     assert!(
         run.success && run.stdout.contains("64MiB"),

@@ -4,7 +4,7 @@ use super::ClientArgs;
 use super::client::{AdminClient, bytes_body, progress_body, server_error};
 use crate::settings::FunctionSettings;
 use crate::units::{format_size, parse_duration, parse_size};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::Args;
 use http::{HeaderValue, Method, header};
@@ -107,7 +107,7 @@ pub struct InvokeArgs {
     pub include: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub client: ClientArgs,
+    pub client: super::InvokeClientArgs,
 }
 
 fn encode(segment: &str) -> String {
@@ -405,6 +405,7 @@ pub fn rollback(args: RollbackArgs) -> Result<ExitCode> {
 
 /// `fnctl invoke NAME [--data ...]`
 pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
+    let client_args = ClientArgs::from(args.client.clone());
     let body = match (&args.data, &args.data_file) {
         (Some(data), _) => Some(Bytes::from(data.clone())),
         (None, Some(path)) if path.as_os_str() == "-" => {
@@ -434,7 +435,7 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
             .with_context(|| format!("invalid header value in `{header}`"))?;
         headers.push((name, value));
     }
-    let client = AdminClient::connect(&args.client)?;
+    let client = AdminClient::connect(&client_args)?;
     let mut query = form_urlencoded::Serializer::new(String::new());
     query.append_pair("method", &method);
     if !args.path.is_empty() {
@@ -487,13 +488,5 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::FAILURE);
     }
-    let _ = bail_if_empty(&invocation);
     Ok(ExitCode::SUCCESS)
-}
-
-fn bail_if_empty(invocation: &str) -> Result<()> {
-    if invocation.is_empty() {
-        bail!("the node sent no invocation id");
-    }
-    Ok(())
 }

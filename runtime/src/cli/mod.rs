@@ -45,17 +45,46 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
     /// The admin API address [default: from DATA/node.json, else http://127.0.0.1:8081].
-    #[arg(long, env = "FNCTL_SERVER", global = true)]
+    #[arg(long, env = "FNCTL_SERVER")]
     pub server: Option<String>,
     /// The admin token [default: read from DATA/admin-token].
-    #[arg(long, env = "FNCTL_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = "FNCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// The node's data directory, to find its token and address on this machine.
-    #[arg(long = "data-dir", env = "FLINT_DATA", global = true, default_value = DEFAULT_DATA_DIR)]
+    #[arg(long = "data", visible_alias = "data-dir", env = "FLINT_DATA", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Print JSON instead of tables and messages.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
+}
+
+/// [`ClientArgs`] for `fnctl invoke`, where `--data` is the request body (as in curl), so the
+/// data directory is only `--data-dir`.
+#[derive(Debug, Clone, Args)]
+pub struct InvokeClientArgs {
+    /// The admin API address [default: from DATA/node.json, else http://127.0.0.1:8081].
+    #[arg(long, env = "FNCTL_SERVER")]
+    pub server: Option<String>,
+    /// The admin token [default: read from DATA/admin-token].
+    #[arg(long, env = "FNCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// The node's data directory, to find its token and address on this machine.
+    #[arg(long = "data-dir", env = "FLINT_DATA", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Print the status, invocation id and body as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl From<InvokeClientArgs> for ClientArgs {
+    fn from(args: InvokeClientArgs) -> Self {
+        ClientArgs {
+            server: args.server,
+            token: args.token,
+            data_dir: args.data_dir,
+            json: args.json,
+        }
+    }
 }
 
 /// Runs `fnctl` with the process's arguments.
