@@ -1,0 +1,651 @@
+//! The CUDA backend: one context per device, a pool of streams (each with its cuBLAS handle),
+//! built-in ops as NVRTC-compiled kernels (compiled once per device), custom kernels compiled
+//! once per source and device and cached, and detection of faults that poison a context.
+//!
+//! cudarc loads `libcuda`, NVRTC and cuBLAS at run time; [`probe`] checks they exist before
+//! touching them, so a machine without CUDA gets an explanation, not a panic.
+
+mod builtins;
+
+use crate::error::{ErrorKind, GpuError, GpuResult};
+use crate::memory::MemoryBudget;
+use crate::pool::KernelArg;
+use crate::tensor::Storage;
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
+    LaunchConfig, PushKernelArg, sys::cudaError_enum,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Fraction of a device's memory that tensors may use (the rest is for contexts, cuBLAS
+/// workspaces and resident models).
+const USABLE_FRACTION: f64 = 0.9;
+
+/// Threads per block of the built-in kernels.
+const BLOCK: u32 = 256;
+
+/// One CUDA device with its context, streams and caches.
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    arch: String,
+    ctx: Arc<CudaContext>,
+    budget: Arc<MemoryBudget>,
+    idle: Mutex<Vec<StreamSlot>>,
+    active: AtomicUsize,
+    builtins: OnceLock<Result<builtins::Builtins, GpuError>>,
+    kernels: Mutex<HashMap<(String, String), Arc<CompiledKernel>>>,
+    faulted: AtomicBool,
+}
+
+struct StreamSlot {
+    stream: Arc<CudaStream>,
+    blas: Arc<CudaBlas>,
+}
+
+/// A stream of one device leased to one session; returned to the device's pool on drop.
+pub struct StreamLease {
+    device: Arc<CudaDevice>,
+    slot: Option<StreamSlot>,
+}
+
+/// Device memory of one tensor.
+pub struct DeviceBuffer {
+    slice: CudaSlice<u8>,
+    len: usize,
+}
+
+/// A compiled custom kernel entry point.
+pub struct CompiledKernel {
+    function: CudaFunction,
+    _module: Arc<CudaModule>,
+    ordinal: usize,
+}
+
+/// Binary element-wise ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    /// `a + b`.
+    Add,
+    /// `a * b`.
+    Mul,
+}
+
+/// Unary element-wise ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Elementwise {
+    /// `max(x, 0)`.
+    Relu,
+    /// Exact GELU.
+    Gelu,
+    /// `x * factor`.
+    Scale(f32),
+}
+
+/// Finds every CUDA device, or says why there is none usable.
+pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
+    // SAFETY: these only try to dlopen the libraries.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda) was not found".into());
+    }
+    cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
+    let count =
+        CudaContext::device_count().map_err(|e| format!("counting CUDA devices failed: {e:?}"))?;
+    if count <= 0 {
+        return Ok(Vec::new());
+    }
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err("a CUDA device is present but NVRTC (libnvrtc) was not found".into());
+    }
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err("a CUDA device is present but cuBLAS (libcublas) was not found".into());
+    }
+    let mut devices = Vec::new();
+    for ordinal in 0..count as usize {
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| format!("creating a context on GPU {ordinal}: {e:?}"))?;
+        let name = ctx
+            .name()
+            .unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("reading GPU {ordinal}'s compute capability: {e:?}"))?;
+        let total = ctx
+            .total_mem()
+            .map_err(|e| format!("reading GPU {ordinal}'s memory: {e:?}"))?;
+        devices.push(Arc::new(CudaDevice {
+            ordinal,
+            name,
+            arch: format!("sm_{major}{minor}"),
+            ctx,
+            budget: MemoryBudget::new(
+                format!("memory of GPU {ordinal}"),
+                (total as f64 * USABLE_FRACTION) as u64,
+            ),
+            idle: Mutex::new(Vec::new()),
+            active: AtomicUsize::new(0),
+            builtins: OnceLock::new(),
+            kernels: Mutex::new(HashMap::new()),
+            faulted: AtomicBool::new(false),
+        }));
+    }
+    Ok(devices)
+}
+
+/// Whether a driver error leaves the context unusable (a "sticky" error).
+fn is_sticky(error: &DriverError) -> bool {
+    matches!(
+        error.0,
+        cudaError_enum::CUDA_ERROR_ILLEGAL_ADDRESS
+            | cudaError_enum::CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | cudaError_enum::CUDA_ERROR_MISALIGNED_ADDRESS
+            | cudaError_enum::CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | cudaError_enum::CUDA_ERROR_INVALID_PC
+            | cudaError_enum::CUDA_ERROR_LAUNCH_FAILED
+            | cudaError_enum::CUDA_ERROR_HARDWARE_STACK_ERROR
+            | cudaError_enum::CUDA_ERROR_ASSERT
+    )
+}
+
+impl CudaDevice {
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its architecture, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// The budget tensors on it are charged to.
+    pub fn budget(&self) -> &Arc<MemoryBudget> {
+        &self.budget
+    }
+
+    /// Sessions holding one of its streams now.
+    pub fn active_sessions(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Whether a kernel poisoned its context.
+    pub fn is_faulted(&self) -> bool {
+        self.faulted.load(Ordering::Acquire)
+    }
+
+    /// Leases a stream (reusing an idle one).
+    pub fn lease_stream(self: &Arc<Self>) -> GpuResult<StreamLease> {
+        if self.is_faulted() {
+            return Err(GpuError::new(
+                ErrorKind::DeviceFault,
+                format!("GPU {} faulted earlier and is out of service", self.ordinal),
+            ));
+        }
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let slot = match idle {
+            Some(slot) => slot,
+            None => {
+                let stream = self
+                    .ctx
+                    .new_stream()
+                    .map_err(|e| self.fault("creating a stream", e))?;
+                let blas = CudaBlas::new(stream.clone())
+                    .map_err(|e| GpuError::device("creating a cuBLAS handle", format!("{e:?}")))?;
+                StreamSlot {
+                    stream,
+                    blas: Arc::new(blas),
+                }
+            }
+        };
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Ok(StreamLease {
+            device: self.clone(),
+            slot: Some(slot),
+        })
+    }
+
+    /// Maps a driver error, taking the device out of service if the error is sticky.
+    fn fault(&self, context: &str, error: DriverError) -> GpuError {
+        if is_sticky(&error) {
+            self.faulted.store(true, Ordering::Release);
+            tracing::error!(
+                gpu = self.ordinal,
+                "{context}: {error:?}; the context is poisoned, device out of service"
+            );
+            return GpuError::new(
+                ErrorKind::DeviceFault,
+                format!("{context}: {error:?} (the device faulted; the work was lost, retry)"),
+            );
+        }
+        GpuError::device(context, format!("{error:?}"))
+    }
+
+    fn builtins(&self) -> GpuResult<&builtins::Builtins> {
+        self.builtins
+            .get_or_init(|| builtins::Builtins::compile(&self.ctx, &self.arch))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl Drop for StreamLease {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            // Wait for this session's work before the stream serves someone else.
+            if slot.stream.synchronize().is_ok() && !self.device.is_faulted() {
+                self.device
+                    .idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(slot);
+            }
+        }
+        self.device.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn grid_for(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// Broadcast geometry passed by value to the binary kernel.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Broadcast {
+    rank: i64,
+    dims: [i64; 8],
+    strides_a: [i64; 8],
+    strides_b: [i64; 8],
+}
+
+// SAFETY: a plain `#[repr(C)]` struct of integers, matching `struct Broadcast` in the kernels.
+unsafe impl DeviceRepr for Broadcast {}
+
+impl StreamLease {
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.slot.as_ref().expect("leased").stream
+    }
+
+    fn check(&self, context: &str, result: Result<(), DriverError>) -> GpuResult<()> {
+        result.map_err(|e| self.device.fault(context, e))
+    }
+
+    fn alloc(&self, len: usize) -> GpuResult<DeviceBuffer> {
+        let slice = self
+            .stream()
+            .alloc_zeros::<u8>(len.max(1))
+            .map_err(|e| self.device.fault("allocating device memory", e))?;
+        Ok(DeviceBuffer { slice, len })
+    }
+
+    /// Copies bytes to a new device buffer.
+    pub fn upload(&self, data: &[u8]) -> GpuResult<DeviceBuffer> {
+        if data.is_empty() {
+            return self.alloc(0);
+        }
+        let slice = self
+            .stream()
+            .clone_htod(data)
+            .map_err(|e| self.device.fault("copying to the device", e))?;
+        Ok(DeviceBuffer {
+            slice,
+            len: data.len(),
+        })
+    }
+
+    /// A zeroed device buffer.
+    pub fn zeros(&self, len: usize) -> GpuResult<DeviceBuffer> {
+        self.alloc(len)
+    }
+
+    /// Copies a buffer back (waits for the stream).
+    pub fn download(&self, buffer: &DeviceBuffer) -> GpuResult<Vec<u8>> {
+        let mut bytes = self
+            .stream()
+            .clone_dtoh(&buffer.slice)
+            .map_err(|e| self.device.fault("copying from the device", e))?;
+        bytes.truncate(buffer.len);
+        Ok(bytes)
+    }
+
+    /// Row-major `[m, k] x [k, n]` with cuBLAS.
+    pub fn matmul(
+        &self,
+        a: &DeviceBuffer,
+        b: &DeviceBuffer,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> GpuResult<DeviceBuffer> {
+        let mut out = self.alloc(m * n * 4)?;
+        if m == 0 || n == 0 || k == 0 {
+            return Ok(out);
+        }
+        let blas = &self.slot.as_ref().expect("leased").blas;
+        // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+        let config = GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_N,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: n as i32,
+            n: m as i32,
+            k: k as i32,
+            alpha: 1.0f32,
+            lda: n as i32,
+            ldb: k as i32,
+            beta: 0.0f32,
+            ldc: n as i32,
+        };
+        // SAFETY: the buffers hold m*k, k*n and m*n f32 values (checked by the caller's shapes).
+        unsafe {
+            let a_view = a.slice.transmute::<f32>(m * k).expect("a holds m*k f32");
+            let b_view = b.slice.transmute::<f32>(k * n).expect("b holds k*n f32");
+            let mut c_view = out
+                .slice
+                .transmute_mut::<f32>(m * n)
+                .expect("c holds m*n f32");
+            blas.gemm(config, &b_view, &a_view, &mut c_view)
+                .map_err(|e| GpuError::device("cuBLAS sgemm", format!("{e:?}")))?;
+        }
+        Ok(out)
+    }
+
+    /// Binary op with broadcasting.
+    pub fn binary(
+        &self,
+        op: Binary,
+        a: &DeviceBuffer,
+        a_shape: &[usize],
+        b: &DeviceBuffer,
+        b_shape: &[usize],
+        out_shape: &[usize],
+    ) -> GpuResult<DeviceBuffer> {
+        let n = crate::shape::elements(out_shape);
+        let out = self.alloc(n * 4)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let mut geometry = Broadcast {
+            rank: out_shape.len() as i64,
+            dims: [1; 8],
+            strides_a: [0; 8],
+            strides_b: [0; 8],
+        };
+        let sa = crate::shape::broadcast_strides(a_shape, out_shape);
+        let sb = crate::shape::broadcast_strides(b_shape, out_shape);
+        for (i, d) in out_shape.iter().enumerate() {
+            geometry.dims[i] = *d as i64;
+            geometry.strides_a[i] = sa[i] as i64;
+            geometry.strides_b[i] = sb[i] as i64;
+        }
+        let builtins = self.device.builtins()?;
+        let count = n as i64;
+        let code: i32 = match op {
+            Binary::Add => 0,
+            Binary::Mul => 1,
+        };
+        let mut launch = self.stream().launch_builder(&builtins.binary);
+        launch
+            .arg(&a.slice)
+            .arg(&b.slice)
+            .arg(&out.slice)
+            .arg(&count)
+            .arg(&code)
+            .arg(&geometry);
+        // SAFETY: the kernel's signature matches these arguments; sizes were checked.
+        self.check(
+            "launching `binary`",
+            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+        )?;
+        Ok(out)
+    }
+
+    /// Unary element-wise op.
+    pub fn elementwise(
+        &self,
+        op: Elementwise,
+        a: &DeviceBuffer,
+        n: usize,
+    ) -> GpuResult<DeviceBuffer> {
+        let out = self.alloc(n * 4)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let builtins = self.device.builtins()?;
+        let (code, factor): (i32, f32) = match op {
+            Elementwise::Relu => (0, 0.0),
+            Elementwise::Gelu => (1, 0.0),
+            Elementwise::Scale(factor) => (2, factor),
+        };
+        let count = n as i64;
+        let mut launch = self.stream().launch_builder(&builtins.unary);
+        launch
+            .arg(&a.slice)
+            .arg(&out.slice)
+            .arg(&count)
+            .arg(&code)
+            .arg(&factor);
+        // SAFETY: matches the kernel's signature.
+        self.check(
+            "launching `unary`",
+            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+        )?;
+        Ok(out)
+    }
+
+    /// Softmax over rows.
+    pub fn softmax(&self, a: &DeviceBuffer, rows: usize, cols: usize) -> GpuResult<DeviceBuffer> {
+        let out = self.alloc(rows * cols * 4)?;
+        if rows == 0 || cols == 0 {
+            return Ok(out);
+        }
+        let builtins = self.device.builtins()?;
+        let (r, c) = (rows as i64, cols as i64);
+        let mut launch = self.stream().launch_builder(&builtins.softmax);
+        launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c);
+        let config = LaunchConfig {
+            grid_dim: (rows.min(i32::MAX as usize) as u32, 1, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: BLOCK * 4,
+        };
+        // SAFETY: matches the kernel's signature; one block per row.
+        self.check(
+            "launching `softmax`",
+            unsafe { launch.launch(config) }.map(|_| ()),
+        )?;
+        Ok(out)
+    }
+
+    /// Sum (divided by `divisor`) over the middle axis of `(outer, n, inner)`.
+    pub fn reduce(
+        &self,
+        a: &DeviceBuffer,
+        outer: usize,
+        n: usize,
+        inner: usize,
+        divisor: f32,
+    ) -> GpuResult<DeviceBuffer> {
+        let count = outer * inner;
+        let out = self.alloc(count * 4)?;
+        if count == 0 {
+            return Ok(out);
+        }
+        let builtins = self.device.builtins()?;
+        let (o, l, i) = (outer as i64, n as i64, inner as i64);
+        let mut launch = self.stream().launch_builder(&builtins.reduce);
+        launch
+            .arg(&a.slice)
+            .arg(&out.slice)
+            .arg(&o)
+            .arg(&l)
+            .arg(&i)
+            .arg(&divisor);
+        // SAFETY: matches the kernel's signature.
+        self.check(
+            "launching `reduce`",
+            unsafe { launch.launch(grid_for(count)) }.map(|_| ()),
+        )?;
+        Ok(out)
+    }
+
+    /// Transpose of a `[rows, cols]` matrix of `size`-byte elements.
+    pub fn transpose(
+        &self,
+        a: &DeviceBuffer,
+        rows: usize,
+        cols: usize,
+        size: usize,
+    ) -> GpuResult<DeviceBuffer> {
+        let n = rows * cols;
+        let out = self.alloc(n * size)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        let builtins = self.device.builtins()?;
+        let (r, c, s) = (rows as i64, cols as i64, size as i32);
+        let mut launch = self.stream().launch_builder(&builtins.transpose);
+        launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c).arg(&s);
+        // SAFETY: matches the kernel's signature.
+        self.check(
+            "launching `transpose`",
+            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+        )?;
+        Ok(out)
+    }
+
+    /// Compiles (or finds in the device's cache) a custom kernel.
+    pub fn compile(&self, source: &str, entry: &str) -> GpuResult<Arc<CompiledKernel>> {
+        if source.contains('\0') || entry.contains('\0') {
+            return Err(GpuError::invalid(
+                "kernel source and entry must not contain NUL bytes",
+            ));
+        }
+        let key = (source.to_string(), entry.to_string());
+        if let Some(kernel) = self
+            .device
+            .kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(kernel.clone());
+        }
+        let module = builtins::compile_module(&self.device.ctx, &self.device.arch, source)?;
+        let function = module.load_function(entry).map_err(|e| {
+            GpuError::new(
+                ErrorKind::NotFound,
+                format!("no kernel entry point `{entry}` in the source (declare it `extern \"C\" __global__`): {e:?}"),
+            )
+        })?;
+        let kernel = Arc::new(CompiledKernel {
+            function,
+            _module: module,
+            ordinal: self.device.ordinal,
+        });
+        self.device
+            .kernels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Launches a custom kernel and waits for it.
+    pub fn launch(
+        &self,
+        kernel: &CompiledKernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_mem_bytes: u32,
+        args: &[KernelArg<'_>],
+    ) -> GpuResult<()> {
+        if kernel.ordinal != self.device.ordinal {
+            return Err(GpuError::invalid(
+                "the kernel was compiled for another device",
+            ));
+        }
+        let threads = block.0 as u64 * block.1 as u64 * block.2 as u64;
+        if [grid.0, grid.1, grid.2, block.0, block.1, block.2].contains(&0) || threads > 1024 {
+            return Err(GpuError::invalid(format!(
+                "invalid launch dimensions: grid {grid:?}, block {block:?} (blocks hold 1..=1024 threads)"
+            )));
+        }
+        enum Scalar {
+            F32(f32),
+            F64(f64),
+            I32(i32),
+            U32(u32),
+            I64(i64),
+            U64(u64),
+            None,
+        }
+        let scalars: Vec<Scalar> = args
+            .iter()
+            .map(|arg| match arg {
+                KernelArg::F32(v) => Scalar::F32(*v),
+                KernelArg::F64(v) => Scalar::F64(*v),
+                KernelArg::I32(v) => Scalar::I32(*v),
+                KernelArg::U32(v) => Scalar::U32(*v),
+                KernelArg::I64(v) => Scalar::I64(*v),
+                KernelArg::U64(v) => Scalar::U64(*v),
+                KernelArg::Tensor(_) => Scalar::None,
+            })
+            .collect();
+        let mut launch = self.stream().launch_builder(&kernel.function);
+        for (arg, scalar) in args.iter().zip(&scalars) {
+            match (arg, scalar) {
+                (KernelArg::Tensor(tensor), _) => match &tensor.storage {
+                    Storage::Cuda(buffer) => {
+                        launch.arg(&buffer.slice);
+                    }
+                    Storage::Cpu(_) => {
+                        return Err(GpuError::invalid("a kernel argument is not on this device"));
+                    }
+                },
+                (_, Scalar::F32(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::F64(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::I32(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::U32(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::I64(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::U64(v)) => {
+                    launch.arg(v);
+                }
+                (_, Scalar::None) => unreachable!("tensors are matched above"),
+            }
+        }
+        let config = LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes,
+        };
+        // SAFETY: a custom kernel is trusted native code (the `--allow-kernels` capability);
+        // argument types are the guest's responsibility.
+        self.check(
+            "launching the kernel",
+            unsafe { launch.launch(config) }.map(|_| ()),
+        )?;
+        self.check("running the kernel", self.stream().synchronize())
+    }
+}

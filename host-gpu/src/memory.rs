@@ -1,0 +1,166 @@
+//! Memory accounting: budgets (a device, a function, an invocation) and reservations that charge
+//! a chain of them before an allocation happens and give the bytes back when dropped.
+
+use crate::error::{ErrorKind, GpuError, GpuResult};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A named byte budget with a limit, what is in use and the peak.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    name: String,
+    limit: u64,
+    used: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl MemoryBudget {
+    /// A budget called `name` (used in error messages) of `limit` bytes.
+    pub fn new(name: impl Into<String>, limit: u64) -> Arc<Self> {
+        Arc::new(MemoryBudget {
+            name: name.into(),
+            limit,
+            used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+        })
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limit in bytes.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The most bytes ever in use at once.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Acquire)
+    }
+
+    /// Bytes still available.
+    pub fn available(&self) -> u64 {
+        self.limit.saturating_sub(self.used())
+    }
+
+    fn try_charge(&self, bytes: u64) -> bool {
+        let charged = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            });
+        match charged {
+            Ok(previous) => {
+                self.peak.fetch_max(previous + bytes, Ordering::AcqRel);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// Bytes charged to a chain of budgets; released from all of them on drop.
+#[derive(Debug)]
+pub struct Reservation {
+    budgets: Vec<Arc<MemoryBudget>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Charges `bytes` to every budget in `budgets`, or to none of them: the error names the
+    /// first budget that had no room.
+    pub fn new(budgets: &[Arc<MemoryBudget>], bytes: u64) -> GpuResult<Self> {
+        for (i, budget) in budgets.iter().enumerate() {
+            if !budget.try_charge(bytes) {
+                for charged in &budgets[..i] {
+                    charged.release(bytes);
+                }
+                return Err(GpuError::new(
+                    ErrorKind::OutOfMemory,
+                    format!(
+                        "allocating {bytes} bytes would exceed the {} of {} bytes ({} in use)",
+                        budget.name,
+                        budget.limit,
+                        budget.used()
+                    ),
+                ));
+            }
+        }
+        Ok(Reservation {
+            budgets: budgets.to_vec(),
+            bytes,
+        })
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        for budget in &self.budgets {
+            budget.release(self.bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reservations_charge_all_or_nothing_and_release_on_drop() {
+        let device = MemoryBudget::new("device memory", 1000);
+        let function = MemoryBudget::new("function quota", 600);
+        let invocation = MemoryBudget::new("invocation quota", 400);
+        let chain = [invocation.clone(), function.clone(), device.clone()];
+
+        let first = Reservation::new(&chain, 300).unwrap();
+        let error = Reservation::new(&chain, 200).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::OutOfMemory);
+        assert!(
+            error.message.contains("invocation quota of 400"),
+            "{}",
+            error.message
+        );
+        assert_eq!(
+            (invocation.used(), function.used(), device.used()),
+            (300, 300, 300)
+        );
+
+        // Another invocation of the same function hits the function's quota.
+        let other = MemoryBudget::new("invocation quota", 400);
+        let other_chain = [other.clone(), function.clone(), device.clone()];
+        let error = Reservation::new(&other_chain, 350).unwrap_err();
+        assert!(
+            error.message.contains("function quota"),
+            "{}",
+            error.message
+        );
+        assert_eq!(
+            other.used(),
+            0,
+            "a failed reservation leaves nothing charged"
+        );
+
+        drop(first);
+        assert_eq!(
+            (invocation.used(), function.used(), device.used()),
+            (0, 0, 0)
+        );
+        assert_eq!(invocation.peak(), 300);
+    }
+}

@@ -1,0 +1,100 @@
+//! The CUDA backend against the same references as the CPU backend, plus custom kernels and
+//! memory accounting on the device. Skips with a reason where there is no CUDA device.
+
+mod common;
+
+use flint_gpu::{DType, ErrorKind, KernelArg};
+
+#[test]
+fn every_op_matches_the_reference_on_cuda() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let session = pool
+        .session(common::session_limits(1 << 30, false))
+        .unwrap();
+    assert_eq!(session.backend(), "cuda");
+    common::check_every_op(&session);
+    common::check_bad_inputs(&session);
+}
+
+#[test]
+fn custom_kernels_compile_launch_and_cache() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let session = pool.session(common::session_limits(1 << 30, true)).unwrap();
+    let n = 100_003u32;
+    let a = common::random(n as usize);
+    let b = common::random(n as usize);
+    let ta = session.upload_f32(&[n], &a).unwrap();
+    let tb = session.upload_f32(&[n], &b).unwrap();
+    let tc = session.zeros(DType::F32, &[n]).unwrap();
+    let kernel = session
+        .compile_kernel(common::VECTOR_ADD, "vector_add")
+        .unwrap();
+    session
+        .launch(
+            &kernel,
+            (n.div_ceil(256), 1, 1),
+            (256, 1, 1),
+            0,
+            &[
+                KernelArg::Tensor(&ta),
+                KernelArg::Tensor(&tb),
+                KernelArg::Tensor(&tc),
+                KernelArg::U32(n),
+            ],
+        )
+        .unwrap();
+    let c = session.download_f32(&tc).unwrap();
+    let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    common::assert_close("vector_add", &c, &want, 0.0);
+
+    let started = std::time::Instant::now();
+    session
+        .compile_kernel(common::VECTOR_ADD, "vector_add")
+        .unwrap();
+    assert!(
+        started.elapsed().as_millis() < 50,
+        "a second compile of the same source is a cache hit"
+    );
+
+    let error = session
+        .compile_kernel("extern \"C\" __global__ void broken( { }", "broken")
+        .err()
+        .unwrap();
+    assert_eq!(error.kind, ErrorKind::CompileError);
+    assert!(
+        error.message.contains("error"),
+        "the NVRTC log is in the message: {}",
+        error.message
+    );
+    let error = session
+        .compile_kernel(common::VECTOR_ADD, "no_such_entry")
+        .err()
+        .unwrap();
+    assert_eq!(error.kind, ErrorKind::NotFound);
+    let error = session
+        .launch(&kernel, (1, 1, 1), (2048, 1, 1), 0, &[])
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn device_memory_is_charged_and_released() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let before = pool.used_bytes();
+    let session = pool
+        .session(common::session_limits(8 << 20, false))
+        .unwrap();
+    let t = session.zeros(DType::F32, &[1024, 1024]).unwrap();
+    assert_eq!(pool.used_bytes(), before + (4 << 20));
+    let error = session.zeros(DType::F32, &[1024, 1024]).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::OutOfMemory);
+    drop(t);
+    drop(session);
+    assert_eq!(pool.used_bytes(), before);
+}
