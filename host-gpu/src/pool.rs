@@ -56,6 +56,15 @@ pub struct Pool {
     cpu_reason: Option<String>,
 }
 
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("backend", &self.backend())
+            .field("devices", &self.devices())
+            .finish()
+    }
+}
+
 /// Limits of one session.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {

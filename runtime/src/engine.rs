@@ -61,7 +61,7 @@ pub fn build_engine(options: EngineOptions) -> Result<Engine> {
 
 /// Builds the linker every function is instantiated against: all of WASI 0.2 (`cli`,
 /// `filesystem`, `sockets`, `clocks`, `random`, `io`; what `wasmtime serve -S cli` provides)
-/// plus `wasi:http`. Imports at any 0.2.x version resolve, as in wasmtime.
+/// plus `wasi:http`, plus `flint:gpu`. Imports at any 0.2.x version resolve, as in wasmtime.
 pub fn build_linker(engine: &Engine) -> Result<Linker<InvocationState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -70,6 +70,9 @@ pub fn build_linker(engine: &Engine) -> Result<Linker<InvocationState>> {
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(anyhow::Error::from)
         .context("adding wasi:http to the linker")?;
+    crate::gpu::add_to_linker(&mut linker, InvocationState::gpu_view)
+        .map_err(anyhow::Error::from)
+        .context("adding flint:gpu to the linker")?;
     Ok(linker)
 }
 

@@ -26,6 +26,8 @@ pub struct LoadedFunction {
     pub pre: ProxyPre<InvocationState>,
     /// Admission control.
     pub scheduler: Scheduler,
+    /// The GPU memory quota all running invocations of this version share, if set.
+    pub gpu_budget: Option<Arc<flint_gpu::MemoryBudget>>,
 }
 
 impl std::fmt::Debug for LoadedFunction {
@@ -45,6 +47,9 @@ impl LoadedFunction {
             name: Arc::from(manifest.name.as_str()),
             env: Arc::from(settings.env.clone()),
             scheduler: Scheduler::new(settings.max_concurrency, settings.queue_depth),
+            gpu_budget: settings
+                .gpu_function_memory_bytes
+                .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),
             pre,
             manifest,
         }
@@ -112,14 +117,15 @@ pub fn pre_instantiate(
             .component_type()
             .imports(linker.engine())
             .map(|(name, _)| name.to_string())
-            .filter(|name| !name.starts_with("wasi:"))
+            .filter(|name| !name.starts_with("wasi:") && !name.starts_with("flint:gpu/"))
             .collect();
         if foreign.is_empty() {
             anyhow!("the component imports what Flint does not provide: {error:#}")
         } else {
             anyhow!(
                 "the component imports what Flint does not provide: {} (Flint provides WASI 0.2: \
-                 wasi:http, wasi:cli, wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets)",
+                 wasi:http, wasi:cli, wasi:io, wasi:clocks, wasi:random, wasi:filesystem, wasi:sockets; \
+                 and flint:gpu)",
                 foreign.join(", ")
             )
         }

@@ -2,6 +2,7 @@
 //! limiter and outbound-network policy — the "view" that wasmtime-wasi and wasmtime-wasi-http
 //! borrow from.
 
+use crate::gpu::{GpuCtx, GpuView};
 use crate::guest_log::{GuestLog, GuestStream};
 use std::sync::Arc;
 use wasmtime::ResourceLimiter;
@@ -22,6 +23,10 @@ pub struct InvocationInfo {
     pub env: Arc<[(String, String)]>,
     /// Whether outbound HTTP and sockets are allowed.
     pub allow_outbound: bool,
+    /// The GPU pool.
+    pub pool: Arc<flint_gpu::Pool>,
+    /// The invocation's GPU limits.
+    pub gpu_limits: flint_gpu::SessionLimits,
 }
 
 /// Store data of one invocation.
@@ -30,6 +35,7 @@ pub struct InvocationState {
     http: WasiHttpCtx,
     table: ResourceTable,
     hooks: OutboundPolicy,
+    gpu: GpuCtx,
     /// Enforces the memory cap and remembers whether the guest hit it.
     pub limiter: MemoryLimiter,
 }
@@ -62,8 +68,22 @@ impl InvocationState {
             hooks: OutboundPolicy {
                 allow: info.allow_outbound,
             },
+            gpu: GpuCtx::new(info.pool.clone(), info.gpu_limits.clone()),
             limiter: MemoryLimiter::new(info.memory_bytes),
         }
+    }
+
+    /// The `flint:gpu` view of this state.
+    pub fn gpu_view(&mut self) -> GpuView<'_> {
+        GpuView {
+            ctx: &mut self.gpu,
+            table: &mut self.table,
+        }
+    }
+
+    /// GPU bytes this invocation holds now.
+    pub fn gpu_used_bytes(&self) -> u64 {
+        self.gpu.used_bytes()
     }
 }
 

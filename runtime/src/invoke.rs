@@ -153,6 +153,12 @@ where
         memory_bytes: settings.memory_bytes,
         env: function.env.clone(),
         allow_outbound: settings.allow_outbound,
+        pool: node.gpu_pool().clone(),
+        gpu_limits: flint_gpu::SessionLimits {
+            invocation_bytes: settings.gpu_memory_bytes,
+            function: function.gpu_budget.clone(),
+            allow_kernels: settings.allow_kernels,
+        },
     };
     let timeout = settings.timeout();
     let deadline = Instant::now() + timeout;

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod function;
+pub mod gpu;
 pub mod guest_log;
 pub mod host;
 pub mod invoke;

@@ -35,6 +35,8 @@ pub struct NodeOptions {
     pub max_component_bytes: u64,
     /// Pooling allocator sizing.
     pub engine: EngineOptions,
+    /// The GPU pool's setup.
+    pub gpu: flint_gpu::PoolOptions,
 }
 
 /// What is served right now: functions by name and the route table built from them.
@@ -69,6 +71,7 @@ pub struct Node {
     load_failures: Mutex<Vec<(String, String)>>,
     public_addr: OnceLock<SocketAddr>,
     invocations: AtomicU64,
+    pool: Arc<flint_gpu::Pool>,
     _epoch: EpochTicker,
 }
 
@@ -97,6 +100,12 @@ pub struct FunctionInfo {
     pub max_body: String,
     /// Whether outbound network access is granted.
     pub allow_outbound: bool,
+    /// GPU memory quota per invocation, e.g. `512MiB`.
+    pub gpu_memory: String,
+    /// GPU memory quota of all its running invocations together, if set.
+    pub gpu_function_memory: Option<String>,
+    /// Whether custom CUDA kernels are allowed.
+    pub allow_kernels: bool,
     /// Names of the environment variables set (values are not shown).
     pub env: Vec<String>,
     /// SHA-256 of the component.
@@ -130,7 +139,9 @@ impl Node {
         let engine = engine::build_engine(options.engine)?;
         let linker = engine::build_linker(&engine)?;
         let registry = Registry::open(&options.data_dir)?;
+        let pool = flint_gpu::Pool::probe(options.gpu.clone());
         Ok(Arc::new(Node {
+            pool,
             _epoch: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -153,6 +164,11 @@ impl Node {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The GPU pool.
+    pub fn gpu_pool(&self) -> &Arc<flint_gpu::Pool> {
+        &self.pool
     }
 
     /// Records where the public listener is bound (used for the URLs the admin API reports).
@@ -302,6 +318,9 @@ impl Node {
             queue_depth: settings.queue_depth,
             max_body: format_size(settings.max_body_bytes),
             allow_outbound: settings.allow_outbound,
+            gpu_memory: format_size(settings.gpu_memory_bytes),
+            gpu_function_memory: settings.gpu_function_memory_bytes.map(format_size),
+            allow_kernels: settings.allow_kernels,
             env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
             sha256: manifest.sha256.clone(),
             component_bytes: manifest.component_bytes,

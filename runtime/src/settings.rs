@@ -21,6 +21,8 @@ pub const DEFAULT_MAX_CONCURRENCY: u32 = 64;
 pub const DEFAULT_QUEUE_DEPTH: u32 = 128;
 /// Default largest request body passed to a function.
 pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
+/// Default GPU memory quota of one invocation.
+pub const DEFAULT_GPU_MEMORY: u64 = 512 << 20;
 /// Most extra routes one function may claim.
 pub const MAX_ROUTES: usize = 16;
 /// Most environment variables one function may set.
@@ -48,6 +50,27 @@ pub struct FunctionSettings {
     /// Whether the guest may make outbound HTTP requests and open sockets.
     #[serde(default)]
     pub allow_outbound: bool,
+    /// GPU memory quota of one invocation, in bytes.
+    #[serde(default = "default_gpu_memory")]
+    pub gpu_memory_bytes: u64,
+    /// GPU memory quota of all running invocations of the function together, if any.
+    #[serde(default)]
+    pub gpu_function_memory_bytes: Option<u64>,
+    /// Whether the function may compile and launch custom CUDA kernels.
+    #[serde(default)]
+    pub allow_kernels: bool,
+}
+
+fn default_gpu_memory() -> u64 {
+    DEFAULT_GPU_MEMORY
+}
+
+fn parse_flag(name: &str, value: &str) -> Result<bool> {
+    match value {
+        "" | "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        other => bail!("setting `{name}`: `{other}` is not true or false"),
+    }
 }
 
 impl Default for FunctionSettings {
@@ -61,6 +84,9 @@ impl Default for FunctionSettings {
             max_body_bytes: DEFAULT_MAX_BODY,
             env: Vec::new(),
             allow_outbound: false,
+            gpu_memory_bytes: DEFAULT_GPU_MEMORY,
+            gpu_function_memory_bytes: None,
+            allow_kernels: false,
         }
     }
 }
@@ -109,15 +135,17 @@ impl FunctionSettings {
                         .with_context(|| format!("setting `env`: `{value}` is not KEY=VALUE"))?;
                     settings.env.push((name.to_string(), val.to_string()));
                 }
-                "allow_outbound" => {
-                    settings.allow_outbound = match value {
-                        "" | "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        other => bail!("setting `allow_outbound`: `{other}` is not true or false"),
-                    }
+                "allow_outbound" => settings.allow_outbound = parse_flag("allow_outbound", value)?,
+                "gpu_memory" => {
+                    settings.gpu_memory_bytes = parse_size(value).context("setting `gpu_memory`")?
                 }
+                "gpu_function_memory" => {
+                    settings.gpu_function_memory_bytes =
+                        Some(parse_size(value).context("setting `gpu_function_memory`")?)
+                }
+                "allow_kernels" => settings.allow_kernels = parse_flag("allow_kernels", value)?,
                 other => bail!(
-                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound)"
+                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound, gpu_memory, gpu_function_memory, allow_kernels)"
                 ),
             }
         }
@@ -141,6 +169,13 @@ impl FunctionSettings {
         }
         if self.allow_outbound {
             query.append_pair("allow_outbound", "true");
+        }
+        query.append_pair("gpu_memory", &self.gpu_memory_bytes.to_string());
+        if let Some(bytes) = self.gpu_function_memory_bytes {
+            query.append_pair("gpu_function_memory", &bytes.to_string());
+        }
+        if self.allow_kernels {
+            query.append_pair("allow_kernels", "true");
         }
         query.finish()
     }
@@ -173,6 +208,18 @@ impl FunctionSettings {
             "setting `max_body`: {} is above 1GiB",
             self.max_body_bytes
         );
+        ensure!(
+            self.gpu_memory_bytes <= 1 << 40,
+            "setting `gpu_memory`: {} is above 1TiB",
+            self.gpu_memory_bytes
+        );
+        if let Some(function) = self.gpu_function_memory_bytes {
+            ensure!(
+                function >= self.gpu_memory_bytes,
+                "setting `gpu_function_memory` ({function}) must be at least `gpu_memory` ({})",
+                self.gpu_memory_bytes
+            );
+        }
         ensure!(
             self.routes.len() <= MAX_ROUTES,
             "at most {MAX_ROUTES} routes per function"
@@ -220,6 +267,9 @@ mod tests {
             max_body_bytes: 1024,
             env: vec![("GREETING".into(), "hi=there & more".into())],
             allow_outbound: true,
+            gpu_memory_bytes: 64 << 20,
+            gpu_function_memory_bytes: Some(256 << 20),
+            allow_kernels: true,
         };
         assert_eq!(
             FunctionSettings::from_query(&settings.to_query()).unwrap(),
@@ -250,6 +300,9 @@ mod tests {
             ("route=/fn/other", "reserved"),
             ("route=/a&route=/a/", "twice"),
             ("colour=blue", "unknown setting `colour`"),
+            ("gpu_memory=huge", "gpu_memory"),
+            ("gpu_memory=64MiB&gpu_function_memory=1MiB", "at least"),
+            ("allow_kernels=maybe", "allow_kernels"),
         ] {
             let error = format!("{:#}", FunctionSettings::from_query(query).unwrap_err());
             assert!(error.contains(needle), "{query}: {error}");

@@ -46,6 +46,16 @@ pub struct DeployArgs {
     /// Grant outbound HTTP requests and sockets.
     #[arg(long)]
     pub allow_outbound: bool,
+    /// GPU memory quota per invocation.
+    #[arg(long, default_value = "512MiB")]
+    pub gpu_memory: String,
+    /// GPU memory quota of all running invocations of the function together.
+    #[arg(long)]
+    pub gpu_function_memory: Option<String>,
+    /// Grant custom CUDA kernels. A kernel runs native code in a device context shared with
+    /// other tenants and can read their device memory: grant it to trusted functions only.
+    #[arg(long)]
+    pub allow_kernels: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -134,6 +144,14 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
         max_body_bytes: parse_size(&args.max_body).context("--max-body")?,
         env: Vec::new(),
         allow_outbound: args.allow_outbound,
+        gpu_memory_bytes: parse_size(&args.gpu_memory).context("--gpu-memory")?,
+        gpu_function_memory_bytes: args
+            .gpu_function_memory
+            .as_deref()
+            .map(parse_size)
+            .transpose()
+            .context("--gpu-function-memory")?,
+        allow_kernels: args.allow_kernels,
     };
     for route in &args.routes {
         settings
@@ -311,6 +329,9 @@ pub fn show(args: NameArgs) -> Result<ExitCode> {
         "queue_depth",
         "max_body",
         "allow_outbound",
+        "gpu_memory",
+        "gpu_function_memory",
+        "allow_kernels",
         "env",
         "sha256",
         "component_bytes",
@@ -362,6 +383,38 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
         })
         .collect();
     print_table(&["VERSION", "CURRENT", "DEPLOYED", "SIZE", "SHA256"], &rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl gpu`: the node's GPU devices and their memory.
+pub fn gpu(args: ListArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(Method::GET, "/v1/gpu", None)?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    if let Some(reason) = value["cpu_reason"].as_str() {
+        println!("backend: cpu ({reason})");
+    } else {
+        println!("backend: {}", value["backend"].as_str().unwrap_or_default());
+    }
+    let rows: Vec<Vec<String>> = value["devices"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            let mib = |key: &str| format!("{} MiB", d[key].as_u64().unwrap_or_default() >> 20);
+            vec![
+                d["index"].to_string(),
+                d["name"].as_str().unwrap_or_default().to_string(),
+                mib("used_bytes"),
+                mib("capacity_bytes"),
+                mib("peak_bytes"),
+            ]
+        })
+        .collect();
+    print_table(&["DEVICE", "NAME", "USED", "CAPACITY", "PEAK"], &rows);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -39,6 +39,8 @@ pub enum Command {
     Rollback(commands::RollbackArgs),
     /// Invoke a function through the admin API and print its answer.
     Invoke(commands::InvokeArgs),
+    /// Show the node's GPU devices (or CPU backend) and their memory use.
+    Gpu(commands::ListArgs),
 }
 
 /// How a client command finds the node and its token.
@@ -99,6 +101,7 @@ pub fn main() -> ExitCode {
         Command::Rm(args) => commands::remove(args),
         Command::Rollback(args) => commands::rollback(args),
         Command::Invoke(args) => commands::invoke(args),
+        Command::Gpu(args) => commands::gpu(args),
     };
     match result {
         Ok(code) => code,

@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// Component instances alive at once, node-wide.
     #[arg(long, default_value_t = 1000)]
     pub max_instances: u32,
+    /// Memory the CPU backend may give to tensors (used where there is no CUDA device).
+    #[arg(long, default_value = "4GiB", value_parser = parse_size_arg)]
+    pub cpu_tensor_memory: String,
+    /// Use the CPU backend even if a CUDA device is present.
+    #[arg(long)]
+    pub cpu_backend: bool,
     /// How long in-flight requests may finish after SIGTERM/ctrl-c.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -61,6 +67,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             max_component_bytes: parse_size(&args.max_component_size)?,
             engine: EngineOptions {
                 max_instances: args.max_instances,
+            },
+            gpu: flint_gpu::PoolOptions {
+                cpu_memory_bytes: parse_size(&args.cpu_tensor_memory)?,
+                force_cpu: args.cpu_backend,
             },
         };
         let node = Node::new(options)?;

@@ -25,6 +25,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/v1/node"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/gpu"),
     ("GET", "/v1/functions"),
     ("GET", "/v1/functions/{name}"),
     ("DELETE", "/v1/functions/{name}"),
@@ -110,6 +111,7 @@ pub async fn handle(
         ("GET", "/readyz") => Ok(public::readiness(node)),
         ("GET", "/v1/node") => Ok(node_info(node)),
         ("GET", "/v1/openapi.json") => Ok(openapi()),
+        ("GET", "/v1/gpu") => Ok(gpu_info(node)),
         ("GET", "/v1/functions") => list(node),
         ("GET", "/v1/functions/{name}") => show(node, &name),
         ("DELETE", "/v1/functions/{name}") => remove(node, &name).await,
@@ -144,6 +146,33 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "functions": node.function_names().len(),
             "invocations": node.invocation_count(),
             "ready": node.is_ready(),
+        }),
+    )
+}
+
+fn gpu_info(node: &Node) -> Response<ResponseBody> {
+    let pool = node.gpu_pool();
+    let devices: Vec<_> = pool
+        .devices()
+        .into_iter()
+        .map(|d| {
+            json!({
+                "index": d.index,
+                "backend": d.backend,
+                "name": d.name,
+                "capacity_bytes": d.capacity_bytes,
+                "used_bytes": d.used_bytes,
+                "peak_bytes": d.peak_bytes,
+            })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "backend": pool.backend(),
+            "cpu_reason": pool.cpu_reason(),
+            "used_bytes": pool.used_bytes(),
+            "devices": devices,
         }),
     )
 }

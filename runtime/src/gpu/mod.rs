@@ -1,0 +1,97 @@
+//! The `flint:gpu` host: the WIT interfaces implemented on top of the `flint-gpu` pool.
+//!
+//! Each invocation gets a [`GpuCtx`] in its store: the pool, its limits, and a session opened
+//! lazily on the first GPU call (functions that never touch the GPU lease nothing). Tensors and
+//! kernels live in the store's resource table, so every byte an invocation allocated is
+//! released when its store drops — after success, trap or timeout alike.
+//!
+//! Heavy calls (large ops, custom kernel launches, big copies) run on tokio's blocking pool, so
+//! neither CPU-backend math nor GPU waits hold up the async runtime's threads.
+
+mod convert;
+mod host;
+
+use flint_gpu::{Pool, Session, SessionLimits};
+use std::sync::Arc;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+
+/// Generated bindings of the `flint:gpu/gpu` world.
+pub mod bindings {
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "flint:gpu/gpu",
+        imports: { default: async | trappable },
+        require_store_data_send: true,
+        with: {
+            "flint:gpu/types.tensor": super::HostTensor,
+            "flint:gpu/kernels.kernel": super::HostKernel,
+        },
+    });
+}
+
+/// A tensor in a store's resource table.
+pub struct HostTensor(pub Arc<flint_gpu::Tensor>);
+
+/// A compiled kernel in a store's resource table.
+pub struct HostKernel(pub Arc<flint_gpu::Kernel>);
+
+/// One invocation's GPU state.
+pub struct GpuCtx {
+    pool: Arc<Pool>,
+    limits: SessionLimits,
+    session: Option<Arc<Session>>,
+}
+
+impl GpuCtx {
+    /// GPU state for an invocation with `limits` on `pool`.
+    pub fn new(pool: Arc<Pool>, limits: SessionLimits) -> Self {
+        GpuCtx {
+            pool,
+            limits,
+            session: None,
+        }
+    }
+
+    /// The session, opened on first use.
+    pub(crate) fn session(&mut self) -> flint_gpu::GpuResult<Arc<Session>> {
+        if let Some(session) = &self.session {
+            return Ok(session.clone());
+        }
+        let session = Arc::new(self.pool.session(self.limits.clone())?);
+        self.session = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Bytes this invocation holds on the GPU now (0 if it never used it).
+    pub fn used_bytes(&self) -> u64 {
+        self.session.as_ref().map_or(0, |s| s.used_bytes())
+    }
+}
+
+/// What the `flint:gpu` host traits are implemented for: the invocation's GPU state and the
+/// store's resource table.
+pub struct GpuView<'a> {
+    /// The invocation's GPU state.
+    pub ctx: &'a mut GpuCtx,
+    /// The store's resource table.
+    pub table: &'a mut ResourceTable,
+}
+
+/// [`HasData`] for the `flint:gpu` bindings.
+pub struct Gpu;
+
+impl HasData for Gpu {
+    type Data<'a> = GpuView<'a>;
+}
+
+/// Adds the `flint:gpu` interfaces to `linker`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> GpuView<'_>,
+) -> wasmtime::Result<()> {
+    bindings::flint::gpu::types::add_to_linker::<T, Gpu>(linker, get)?;
+    bindings::flint::gpu::ops::add_to_linker::<T, Gpu>(linker, get)?;
+    bindings::flint::gpu::kernels::add_to_linker::<T, Gpu>(linker, get)?;
+    Ok(())
+}
