@@ -20,7 +20,12 @@
 //! Each request runs in a fresh sandbox: globals never carry over between requests. Environment
 //! variables given with `fnctl deploy --env` are read with `std::env::var`; `FLINT_FUNCTION` and
 //! `FLINT_INVOCATION_ID` are always set. `println!`/`eprintln!` go to the node's log.
+//!
+//! With the default `gpu` feature, [`gpu`] gives the function the node's GPU pool: tensors,
+//! built-in ops and (where the operator allows it) custom CUDA kernels.
 
+#[cfg(feature = "gpu")]
+pub mod gpu;
 mod request;
 mod response;
 mod serve;

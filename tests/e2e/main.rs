@@ -3,6 +3,7 @@
 
 mod admin;
 mod deploy;
+mod gpu;
 mod lifecycle;
 mod serving;
 mod support;

@@ -22,6 +22,12 @@ pub struct Guests {
     pub hello: PathBuf,
     /// tests/guests/misbehave (plain `wasi` crate).
     pub misbehave: PathBuf,
+    /// examples/matmul (built-in GPU op).
+    pub matmul: PathBuf,
+    /// examples/vector-add (custom CUDA kernel).
+    pub vector_add: PathBuf,
+    /// tests/guests/gpu-hold (allocates GPU memory, then misbehaves on request).
+    pub gpu_hold: PathBuf,
 }
 
 /// Builds the example and test guests for wasm32-wasip2 (once per test process; a file lock
@@ -57,6 +63,9 @@ pub fn guests() -> &'static Guests {
         Guests {
             hello: out.join("hello.wasm"),
             misbehave: out.join("misbehave.wasm"),
+            matmul: out.join("matmul.wasm"),
+            vector_add: out.join("vector_add.wasm"),
+            gpu_hold: out.join("gpu_hold.wasm"),
         }
     })
 }
@@ -315,6 +324,21 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// GPU bytes in use on the node (all devices).
+    pub fn gpu_used(&self) -> u64 {
+        self.admin_call("GET", "/v1/gpu", None).json()["used_bytes"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// The node's GPU backend (`cuda` or `cpu`).
+    pub fn gpu_backend(&self) -> String {
+        self.admin_call("GET", "/v1/gpu", None).json()["backend"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     /// The node's log so far.

@@ -13,6 +13,25 @@ const INLINE_ELEMENTS: usize = 1 << 16;
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
+/// The cost of a copy of `elements` on `session`'s backend: on CUDA a copy waits for the
+/// stream's queued work, so it always goes to the blocking pool; op launches only enqueue.
+fn copy_cost(session: &Session, elements: usize) -> usize {
+    if session.backend() == "cuda" {
+        usize::MAX
+    } else {
+        elements
+    }
+}
+
+/// The cost of an op on `elements`: CPU work scales with size; a CUDA launch only enqueues.
+fn op_cost(session: &Session, elements: usize) -> usize {
+    if session.backend() == "cuda" {
+        0
+    } else {
+        elements
+    }
+}
+
 /// Runs `work` inline if it is small, else on tokio's blocking pool.
 async fn run<R: Send + 'static>(
     cost: usize,
@@ -52,7 +71,8 @@ impl GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let a = self.tensor(&a)?;
-        let result = run(a.len(), move || op(&session, &a)).await?;
+        let cost = op_cost(&session, a.len());
+        let result = run(cost, move || op(&session, &a)).await?;
         self.push(result)
     }
 
@@ -68,7 +88,7 @@ impl GpuView<'_> {
         };
         let a = self.tensor(&a)?;
         let b = self.tensor(&b)?;
-        let cost = a.len().max(b.len());
+        let cost = op_cost(&session, a.len().max(b.len()));
         let result = run(cost, move || op(&session, &a, &b)).await?;
         self.push(result)
     }
@@ -102,7 +122,7 @@ impl types::HostTensor for GpuView<'_> {
             Ok(session) => session,
             Err(error) => return Ok(Err(error)),
         };
-        let cost = data.len() / 4;
+        let cost = copy_cost(&session, data.len() / 4);
         let result = run(cost, move || session.upload(dtype.into(), &shape, &data)).await?;
         self.push(result)
     }
@@ -139,7 +159,8 @@ impl types::HostTensor for GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let tensor = self.tensor(&this)?;
-        let result = run(tensor.len(), move || session.download(&tensor)).await?;
+        let cost = copy_cost(&session, tensor.len());
+        let result = run(cost, move || session.download(&tensor)).await?;
         Ok(result.map_err(Error::from))
     }
 
