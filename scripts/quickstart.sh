@@ -36,18 +36,27 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 
-echo "==> fnctl deploy $EXAMPLES/hello.wasm --name hello --route /hello"
+echo "==> deploying the examples"
 "$FNCTL" deploy "$EXAMPLES/hello.wasm" --name hello --route /hello
+"$FNCTL" deploy "$EXAMPLES/matmul.wasm" --name matmul
+"$FNCTL" deploy "$EXAMPLES/vector_add.wasm" --name vector-add --allow-kernels
 "$FNCTL" ls
+"$FNCTL" gpu
 
-URL="http://$LISTEN/fn/hello/greet?name=Flint"
-echo "==> curl '$URL'"
-if command -v curl >/dev/null; then
-    curl -sS -i "$URL"
-else
-    "$FNCTL" invoke hello --path "/greet?name=Flint" -i
-fi
-echo
+request() { # METHOD PATH [BODY]
+    echo "==> curl -X $1 'http://$LISTEN$2' ${3:+-d '$3'}"
+    if command -v curl >/dev/null; then
+        curl -sS -i -X "$1" "http://$LISTEN$2" ${3:+-d "$3"}
+    else
+        local name=${2#/fn/}; name=${name%%/*}
+        "$FNCTL" invoke "$name" -X "$1" --path "${2#/fn/$name}" ${3:+--data "$3"} -i || true
+    fi
+    echo
+}
+request GET "/fn/hello/greet?name=Flint"
+request POST /fn/matmul/ '{"a": [[1, 2], [3, 4]], "b": [[5], [6]]}'
+echo "(vector-add runs a custom CUDA kernel: on a node without a GPU it answers 501 unsupported)"
+request POST /fn/vector-add/ '{"a": [1, 2, 3], "b": [10, 20, 30]}'
 
 if [[ $ONCE == 1 ]]; then
     echo "==> stopping the node (SIGTERM)"
