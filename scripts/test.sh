@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+# The MiniLM tests need the model; they fail (not skip) without it.
+./scripts/install-model.sh
 echo "==> cargo test --workspace"
 cargo test --workspace --locked
 echo "==> guest SDK tests (host)"

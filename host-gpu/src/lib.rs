@@ -18,6 +18,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod memory;
+pub mod model;
 mod ops;
 mod pool;
 pub mod shape;

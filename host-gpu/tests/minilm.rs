@@ -1,0 +1,164 @@
+//! all-MiniLM-L6-v2 against `../shared/golden/minilm-l6-v2.json`: tokenization exactly,
+//! embeddings within the golden tolerance (max |diff| <= 1e-4, cosine >= 0.9999), alone and in
+//! a batch that mixes short and long texts.
+//!
+//! The model is installed by `scripts/install-model.sh` (which `scripts/test.sh` runs); a
+//! missing model is a failure, not a skip.
+
+use flint_gpu::model::EmbeddingModel;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The installed model directory (`FLINT_MINILM_DIR` or target/models/all-MiniLM-L6-v2).
+pub fn model_dir() -> PathBuf {
+    let dir = std::env::var_os("FLINT_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not installed in {}: run scripts/install-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+fn model() -> &'static EmbeddingModel {
+    static MODEL: OnceLock<EmbeddingModel> = OnceLock::new();
+    MODEL.get_or_init(|| EmbeddingModel::load(&model_dir()).expect("loading all-MiniLM-L6-v2"))
+}
+
+fn golden() -> Value {
+    let path = repo()
+        .parent()
+        .unwrap()
+        .join("shared/golden/minilm-l6-v2.json");
+    serde_json::from_slice(&std::fs::read(&path).expect("reading the golden file")).unwrap()
+}
+
+fn check(text: &str, got: &[f32], want: &Value) {
+    let want: Vec<f32> = want
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    assert_eq!(got.len(), want.len(), "{text:?}: dimension");
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let dot: f64 = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
+    let norms: f64 = (got.iter().map(|a| (*a as f64).powi(2)).sum::<f64>()
+        * want.iter().map(|b| (*b as f64).powi(2)).sum::<f64>())
+    .sqrt();
+    let cosine = dot / norms;
+    eprintln!(
+        "{:>40.40} max |diff| {max:.2e} cosine {cosine:.9}",
+        format!("{text:?}")
+    );
+    assert!(max <= 1e-4, "{text:?}: max |diff| {max:e} > 1e-4");
+    assert!(cosine >= 0.9999, "{text:?}: cosine {cosine}");
+}
+
+#[test]
+fn tokenization_matches_exactly() {
+    let golden = golden();
+    assert_eq!(golden["max_seq_length"], model().max_seq_length());
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let ids = &model().tokenize(&[text]).unwrap()[0];
+        let want: Vec<u32> = case["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, &want, "token ids of {text:?}");
+    }
+}
+
+#[test]
+fn each_text_alone_matches_the_golden_embedding() {
+    let golden = golden();
+    assert_eq!(model().dimension(), 384);
+    for case in golden["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let embeddings = model().embed(&[text]).unwrap();
+        assert_eq!(
+            embeddings.tokens,
+            case["input_ids"].as_array().unwrap().len()
+        );
+        check(text, &embeddings.vectors[0], &case["embedding"]);
+    }
+}
+
+#[test]
+fn a_mixed_batch_matches_the_golden_embeddings() {
+    let golden = golden();
+    let cases = golden["cases"].as_array().unwrap();
+    // Longest first, then the rest reversed: padding-sensitive implementations break here.
+    let mut order: Vec<usize> = (0..cases.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(cases[i]["input_ids"].as_array().unwrap().len()));
+    let texts: Vec<&str> = order
+        .iter()
+        .map(|&i| cases[i]["text"].as_str().unwrap())
+        .collect();
+    let embeddings = model().embed(&texts).unwrap();
+    assert!(
+        embeddings.tokens > 256,
+        "the batch mixes long and short texts"
+    );
+    for (slot, &i) in order.iter().enumerate() {
+        check(
+            texts[slot],
+            &embeddings.vectors[slot],
+            &cases[i]["embedding"],
+        );
+    }
+}
+
+#[test]
+fn broken_model_directories_name_what_is_wrong() {
+    let source = model_dir();
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "model.safetensors",
+        "tokenizer.json",
+        "modules.json",
+        "sentence_bert_config.json",
+    ] {
+        std::os::unix::fs::symlink(source.join(file), dir.path().join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(source.join("1_Pooling"), dir.path().join("1_Pooling")).unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(source.join("config.json")).unwrap()).unwrap();
+    config["num_hidden_layers"] = 7.into();
+    config["intermediate_size"] = 1024.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    let error = format!("{:#}", EmbeddingModel::load(dir.path()).unwrap_err());
+    assert!(
+        error.contains("missing tensor `encoder.layer.6.attention.self.query.weight`"),
+        "{error}"
+    );
+    assert!(
+        error.contains("`encoder.layer.0.intermediate.dense.weight` has shape [1536, 384], expected [1024, 384]"),
+        "{error}"
+    );
+
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let error = format!("{:#}", EmbeddingModel::load(dir.path()).unwrap_err());
+    assert!(error.contains("tokenizer.json"), "{error}");
+}
