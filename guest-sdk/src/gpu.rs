@@ -315,3 +315,79 @@ impl Kernel {
             .launch(dim(grid), dim(block), shared_mem_bytes, &args)?)
     }
 }
+
+/// What a model is and takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The name it was registered under.
+    pub name: String,
+    /// `sentence-embedding`.
+    pub kind: String,
+    /// Width of its embeddings.
+    pub dimension: u32,
+    /// Longest input in tokens (longer texts are truncated).
+    pub max_tokens: u32,
+    /// Input names of [`Model::infer`].
+    pub inputs: Vec<String>,
+    /// Output names of [`Model::infer`].
+    pub outputs: Vec<String>,
+}
+
+/// The answer of [`Model::embed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One vector per text, in order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens processed, special tokens included.
+    pub tokens: u32,
+}
+
+/// A model the operator registered on the node (`fnctl model add`), resident in the pool.
+pub struct Model(models::Model);
+
+use bindings::flint::gpu::models;
+
+impl Model {
+    /// Opens the model registered as `name`.
+    pub fn open(name: &str) -> Result<Model> {
+        Ok(Model(models::Model::open(name)?))
+    }
+
+    /// What it is and takes.
+    pub fn describe(&self) -> ModelInfo {
+        let info = self.0.describe();
+        ModelInfo {
+            name: info.name,
+            kind: info.kind,
+            dimension: info.dimension,
+            max_tokens: info.max_tokens,
+            inputs: info.inputs.into_iter().map(|s| s.name).collect(),
+            outputs: info.outputs.into_iter().map(|s| s.name).collect(),
+        }
+    }
+
+    /// Embeds `texts` (tokenized on the node with the model's own tokenizer; batched with other
+    /// invocations' requests).
+    pub fn embed(&self, texts: &[String]) -> Result<Embeddings> {
+        let result = self.0.embed(texts)?;
+        Ok(Embeddings {
+            vectors: result.vectors,
+            tokens: result.tokens,
+        })
+    }
+
+    /// Runs the model on named tensors (`input_ids`, `attention_mask`) and returns its named
+    /// outputs (`sentence_embedding`).
+    pub fn infer(&self, inputs: &[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        let inputs: Vec<(String, &types::Tensor)> = inputs
+            .iter()
+            .map(|(name, t)| (name.to_string(), &t.0))
+            .collect();
+        Ok(self
+            .0
+            .infer(&inputs)?
+            .into_iter()
+            .map(|(name, tensor)| (name, Tensor(tensor)))
+            .collect())
+    }
+}

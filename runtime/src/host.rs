@@ -27,6 +27,8 @@ pub struct InvocationInfo {
     pub pool: Arc<flint_gpu::Pool>,
     /// The invocation's GPU limits.
     pub gpu_limits: flint_gpu::SessionLimits,
+    /// The node's registered models.
+    pub models: Arc<crate::models::ModelRegistry>,
 }
 
 /// Store data of one invocation.
@@ -68,7 +70,11 @@ impl InvocationState {
             hooks: OutboundPolicy {
                 allow: info.allow_outbound,
             },
-            gpu: GpuCtx::new(info.pool.clone(), info.gpu_limits.clone()),
+            gpu: GpuCtx::new(
+                info.pool.clone(),
+                info.gpu_limits.clone(),
+                info.models.clone(),
+            ),
             limiter: MemoryLimiter::new(info.memory_bytes),
         }
     }

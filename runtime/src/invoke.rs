@@ -154,6 +154,7 @@ where
         env: function.env.clone(),
         allow_outbound: settings.allow_outbound,
         pool: node.gpu_pool().clone(),
+        models: node.models().clone(),
         gpu_limits: flint_gpu::SessionLimits {
             invocation_bytes: settings.gpu_memory_bytes,
             function: function.gpu_budget.clone(),

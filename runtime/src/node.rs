@@ -37,6 +37,8 @@ pub struct NodeOptions {
     pub engine: EngineOptions,
     /// The GPU pool's setup.
     pub gpu: flint_gpu::PoolOptions,
+    /// How models batch concurrent requests.
+    pub batching: flint_gpu::model::batcher::BatchOptions,
 }
 
 /// What is served right now: functions by name and the route table built from them.
@@ -72,6 +74,7 @@ pub struct Node {
     public_addr: OnceLock<SocketAddr>,
     invocations: AtomicU64,
     pool: Arc<flint_gpu::Pool>,
+    models: Arc<crate::models::ModelRegistry>,
     _epoch: EpochTicker,
 }
 
@@ -140,8 +143,13 @@ impl Node {
         let linker = engine::build_linker(&engine)?;
         let registry = Registry::open(&options.data_dir)?;
         let pool = flint_gpu::Pool::probe(options.gpu.clone());
+        let models = Arc::new(crate::models::ModelRegistry::open(
+            &options.data_dir,
+            options.batching,
+        )?);
         Ok(Arc::new(Node {
             pool,
+            models,
             _epoch: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -169,6 +177,11 @@ impl Node {
     /// The GPU pool.
     pub fn gpu_pool(&self) -> &Arc<flint_gpu::Pool> {
         &self.pool
+    }
+
+    /// The registered models.
+    pub fn models(&self) -> &Arc<crate::models::ModelRegistry> {
+        &self.models
     }
 
     /// Records where the public listener is bound (used for the URLs the admin API reports).
@@ -203,6 +216,18 @@ impl Node {
     pub async fn load_all(self: &Arc<Self>) -> Result<()> {
         let names = self.registry.function_names()?;
         let started = Instant::now();
+        let models = self.models.clone();
+        let model_failures = tokio::task::spawn_blocking(move || models.load_all())
+            .await
+            .map_err(|e| anyhow!("model loader failed: {e}"))?;
+        self.load_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(
+                model_failures
+                    .into_iter()
+                    .map(|(name, error)| (format!("model {name}"), error)),
+            );
         let mut loaded = Vec::new();
         for name in names {
             let node = self.clone();

@@ -5,5 +5,6 @@ mod admin;
 mod deploy;
 mod gpu;
 mod lifecycle;
+mod models;
 mod serving;
 mod support;

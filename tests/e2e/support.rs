@@ -28,6 +28,8 @@ pub struct Guests {
     pub vector_add: PathBuf,
     /// tests/guests/gpu-hold (allocates GPU memory, then misbehaves on request).
     pub gpu_hold: PathBuf,
+    /// examples/embed (sentence embeddings with a registered model).
+    pub embed: PathBuf,
 }
 
 /// Builds the example and test guests for wasm32-wasip2 (once per test process; a file lock
@@ -66,8 +68,31 @@ pub fn guests() -> &'static Guests {
             matmul: out.join("matmul.wasm"),
             vector_add: out.join("vector_add.wasm"),
             gpu_hold: out.join("gpu_hold.wasm"),
+            embed: out.join("embed.wasm"),
         }
     })
+}
+
+/// The installed all-MiniLM-L6-v2 (`scripts/install-model.sh`); missing is a failure.
+pub fn minilm_dir() -> PathBuf {
+    let dir = std::env::var_os("FLINT_MINILM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/models/all-MiniLM-L6-v2"));
+    assert!(
+        dir.join("model.safetensors").is_file(),
+        "all-MiniLM-L6-v2 is not installed in {}: run scripts/install-model.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// The golden MiniLM embeddings (`../shared/golden/minilm-l6-v2.json`).
+pub fn golden() -> Value {
+    let path = repo_root()
+        .parent()
+        .unwrap()
+        .join("shared/golden/minilm-l6-v2.json");
+    serde_json::from_slice(&std::fs::read(path).expect("reading the golden file")).unwrap()
 }
 
 /// An HTTP answer.

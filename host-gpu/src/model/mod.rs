@@ -7,6 +7,7 @@
 //! with the model's own `tokenizer.json` and runs the encoder, mean pooling and normalization
 //! as sentence-transformers does.
 
+pub mod batcher;
 mod config;
 mod forward;
 mod weights;

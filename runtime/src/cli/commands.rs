@@ -386,6 +386,102 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `fnctl model ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ModelCommand {
+    /// Register the model in DIR (safetensors + config.json + tokenizer.json) as NAME.
+    Add {
+        /// The model's name.
+        name: String,
+        /// The model directory (read by the node: same machine or shared volume).
+        dir: PathBuf,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        client: ClientArgs,
+    },
+    /// List registered models.
+    Ls(ListArgs),
+    /// Remove a model (waits for the invocations using it).
+    Rm(NameArgs),
+}
+
+/// Runs a `fnctl model` subcommand.
+pub fn model(command: ModelCommand) -> Result<ExitCode> {
+    match command {
+        ModelCommand::Add { name, dir, client } => {
+            let dir = std::fs::canonicalize(&dir)
+                .with_context(|| format!("model directory {}", dir.display()))?;
+            let admin = AdminClient::connect(&client)?;
+            if !client.json {
+                eprintln!(
+                    "Registering {} as `{name}`; the node validates and loads it ...",
+                    dir.display()
+                );
+            }
+            let value = admin.json(
+                Method::POST,
+                &format!("/v1/models/{}", encode(&name)),
+                Some(serde_json::json!({ "path": dir })),
+            )?;
+            if client.json {
+                return print_json(&value);
+            }
+            println!(
+                "Registered model {} ({}, {} dimensions, {} layers, up to {} tokens)",
+                value["name"].as_str().unwrap_or_default(),
+                value["kind"].as_str().unwrap_or_default(),
+                value["dimension"],
+                value["layers"],
+                value["max_tokens"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Ls(args) => {
+            let admin = AdminClient::connect(&args.client)?;
+            let value = admin.json(Method::GET, "/v1/models", None)?;
+            if args.client.json {
+                return print_json(&value);
+            }
+            let rows: Vec<Vec<String>> = value["models"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    vec![
+                        m["name"].as_str().unwrap_or_default().to_string(),
+                        m["kind"].as_str().unwrap_or_default().to_string(),
+                        m["dimension"].to_string(),
+                        format!(
+                            "{} MiB",
+                            m["weight_bytes"].as_u64().unwrap_or_default() >> 20
+                        ),
+                        format!("{}/{}", m["requests"], m["batches"]),
+                    ]
+                })
+                .collect();
+            print_table(
+                &["NAME", "KIND", "DIMENSION", "WEIGHTS", "REQUESTS/BATCHES"],
+                &rows,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ModelCommand::Rm(args) => {
+            let admin = AdminClient::connect(&args.client)?;
+            let value = admin.json(
+                Method::DELETE,
+                &format!("/v1/models/{}", encode(&args.name)),
+                None,
+            )?;
+            if args.client.json {
+                return print_json(&value);
+            }
+            println!("Removed model {}", args.name);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 /// `fnctl gpu`: the node's GPU devices and their memory.
 pub fn gpu(args: ListArgs) -> Result<ExitCode> {
     let client = AdminClient::connect(&args.client)?;

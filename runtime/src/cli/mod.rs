@@ -41,6 +41,9 @@ pub enum Command {
     Invoke(commands::InvokeArgs),
     /// Show the node's GPU devices (or CPU backend) and their memory use.
     Gpu(commands::ListArgs),
+    /// Register, list and remove models.
+    #[command(subcommand)]
+    Model(commands::ModelCommand),
 }
 
 /// How a client command finds the node and its token.
@@ -102,6 +105,7 @@ pub fn main() -> ExitCode {
         Command::Rollback(args) => commands::rollback(args),
         Command::Invoke(args) => commands::invoke(args),
         Command::Gpu(args) => commands::gpu(args),
+        Command::Model(command) => commands::model(command),
     };
     match result {
         Ok(code) => code,

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Use the CPU backend even if a CUDA device is present.
     #[arg(long)]
     pub cpu_backend: bool,
+    /// How long a model waits for more concurrent requests to batch into one forward pass.
+    #[arg(long, default_value = "2ms", value_parser = parse_duration)]
+    pub batch_window: Duration,
+    /// Run one request per forward pass (no dynamic batching).
+    #[arg(long)]
+    pub no_batching: bool,
     /// How long in-flight requests may finish after SIGTERM/ctrl-c.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -71,6 +77,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             gpu: flint_gpu::PoolOptions {
                 cpu_memory_bytes: parse_size(&args.cpu_tensor_memory)?,
                 force_cpu: args.cpu_backend,
+            },
+            batching: flint_gpu::model::batcher::BatchOptions {
+                window: args.batch_window,
+                enabled: !args.no_batching,
+                ..Default::default()
             },
         };
         let node = Node::new(options)?;

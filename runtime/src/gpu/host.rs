@@ -50,7 +50,7 @@ impl GpuView<'_> {
         self.ctx.session().map_err(Error::from)
     }
 
-    fn tensor(&self, handle: &Resource<HostTensor>) -> wasmtime::Result<Arc<Tensor>> {
+    pub(super) fn tensor(&self, handle: &Resource<HostTensor>) -> wasmtime::Result<Arc<Tensor>> {
         Ok(self.table.get(handle)?.0.clone())
     }
 

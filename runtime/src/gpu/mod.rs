@@ -10,6 +10,7 @@
 
 mod convert;
 mod host;
+mod models;
 
 use flint_gpu::{Pool, Session, SessionLimits};
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub mod bindings {
         with: {
             "flint:gpu/types.tensor": super::HostTensor,
             "flint:gpu/kernels.kernel": super::HostKernel,
+            "flint:gpu/models.model": super::HostModel,
         },
     });
 }
@@ -36,18 +38,31 @@ pub struct HostTensor(pub Arc<flint_gpu::Tensor>);
 /// A compiled kernel in a store's resource table.
 pub struct HostKernel(pub Arc<flint_gpu::Kernel>);
 
+/// An opened model in a store's resource table; while it exists the model cannot be removed.
+pub struct HostModel {
+    /// The model.
+    pub model: Arc<crate::models::ResidentModel>,
+    _in_use: tokio::sync::OwnedRwLockReadGuard<()>,
+}
+
 /// One invocation's GPU state.
 pub struct GpuCtx {
     pool: Arc<Pool>,
+    models: Arc<crate::models::ModelRegistry>,
     limits: SessionLimits,
     session: Option<Arc<Session>>,
 }
 
 impl GpuCtx {
-    /// GPU state for an invocation with `limits` on `pool`.
-    pub fn new(pool: Arc<Pool>, limits: SessionLimits) -> Self {
+    /// GPU state for an invocation with `limits` on `pool`, with the node's `models`.
+    pub fn new(
+        pool: Arc<Pool>,
+        limits: SessionLimits,
+        models: Arc<crate::models::ModelRegistry>,
+    ) -> Self {
         GpuCtx {
             pool,
+            models,
             limits,
             session: None,
         }
@@ -93,5 +108,6 @@ pub fn add_to_linker<T: Send + 'static>(
     bindings::flint::gpu::types::add_to_linker::<T, Gpu>(linker, get)?;
     bindings::flint::gpu::ops::add_to_linker::<T, Gpu>(linker, get)?;
     bindings::flint::gpu::kernels::add_to_linker::<T, Gpu>(linker, get)?;
+    bindings::flint::gpu::models::add_to_linker::<T, Gpu>(linker, get)?;
     Ok(())
 }

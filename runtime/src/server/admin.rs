@@ -26,6 +26,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/node"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/gpu"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{name}"),
+    ("POST", "/v1/models/{name}"),
+    ("DELETE", "/v1/models/{name}"),
     ("GET", "/v1/functions"),
     ("GET", "/v1/functions/{name}"),
     ("DELETE", "/v1/functions/{name}"),
@@ -112,6 +116,10 @@ pub async fn handle(
         ("GET", "/v1/node") => Ok(node_info(node)),
         ("GET", "/v1/openapi.json") => Ok(openapi()),
         ("GET", "/v1/gpu") => Ok(gpu_info(node)),
+        ("GET", "/v1/models") => Ok(list_models(node)),
+        ("GET", "/v1/models/{name}") => show_model(node, &name),
+        ("POST", "/v1/models/{name}") => add_model(node, &name, request).await,
+        ("DELETE", "/v1/models/{name}") => remove_model(node, &name).await,
         ("GET", "/v1/functions") => list(node),
         ("GET", "/v1/functions/{name}") => show(node, &name),
         ("DELETE", "/v1/functions/{name}") => remove(node, &name).await,
@@ -148,6 +156,60 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "ready": node.is_ready(),
         }),
     )
+}
+
+fn list_models(node: &Node) -> Response<ResponseBody> {
+    let models: Vec<_> = node
+        .models()
+        .list()
+        .iter()
+        .map(|m| crate::models::ModelRegistry::describe(m))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "models": models }))
+}
+
+fn show_model(node: &Node, name: &str) -> Result<Response<ResponseBody>, ApiError> {
+    crate::names::validate_name(name)
+        .map_err(|e| ApiError::invalid(format!("invalid model name: {e}")))?;
+    let model = node
+        .models()
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("no model named `{name}`")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &crate::models::ModelRegistry::describe(&model),
+    ))
+}
+
+async fn add_model(
+    node: &Arc<Node>,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    let body = read_limited(request, MAX_JSON_BODY as u64, "request body").await?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AddModel {
+        path: String,
+    }
+    let add: AddModel = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::invalid(format!(
+            "the body must be {{\"path\": \"/abs/model/dir\"}}: {e}"
+        ))
+    })?;
+    let model = node
+        .models()
+        .add(name, std::path::Path::new(&add.path))
+        .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &crate::models::ModelRegistry::describe(&model),
+    ))
+}
+
+async fn remove_model(node: &Arc<Node>, name: &str) -> Result<Response<ResponseBody>, ApiError> {
+    node.models().remove(name).await?;
+    Ok(json_response(StatusCode::OK, &json!({ "removed": name })))
 }
 
 fn gpu_info(node: &Node) -> Response<ResponseBody> {
