@@ -15,6 +15,7 @@ LISTEN="${FLINT_LISTEN:-127.0.0.1:8080}"
 ADMIN="${FLINT_ADMIN:-127.0.0.1:8081}"
 
 ./scripts/setup.sh
+./scripts/install-model.sh
 echo "==> building fnctl (release)"
 cargo build --release --locked -p flint-runtime
 echo "==> building the example functions for wasm32-wasip2"
@@ -40,7 +41,10 @@ echo "==> deploying the examples"
 "$FNCTL" deploy "$EXAMPLES/hello.wasm" --name hello --route /hello
 "$FNCTL" deploy "$EXAMPLES/matmul.wasm" --name matmul
 "$FNCTL" deploy "$EXAMPLES/vector_add.wasm" --name vector-add --allow-kernels
+"$FNCTL" deploy "$EXAMPLES/embed.wasm" --name embed
+"$FNCTL" model add minilm target/models/all-MiniLM-L6-v2
 "$FNCTL" ls
+"$FNCTL" model ls
 "$FNCTL" gpu
 
 request() { # METHOD PATH [BODY]
@@ -57,6 +61,14 @@ request GET "/fn/hello/greet?name=Flint"
 request POST /fn/matmul/ '{"a": [[1, 2], [3, 4]], "b": [[5], [6]]}'
 echo "(vector-add runs a custom CUDA kernel: on a node without a GPU it answers 501 unsupported)"
 request POST /fn/vector-add/ '{"a": [1, 2, 3], "b": [10, 20, 30]}'
+echo "(embed returns 384-dimensional vectors; showing the start of the answer)"
+echo "==> curl -X POST 'http://$LISTEN/fn/embed/' -d '{\"texts\": [\"Flint runs functions on a pooled GPU\"]}'"
+if command -v curl >/dev/null; then
+    curl -sS -X POST "http://$LISTEN/fn/embed/" -d '{"texts": ["Flint runs functions on a pooled GPU"]}' | cut -c1-160
+else
+    "$FNCTL" invoke embed --data '{"texts": ["Flint runs functions on a pooled GPU"]}' | cut -c1-160
+fi
+echo
 
 if [[ $ONCE == 1 ]]; then
     echo "==> stopping the node (SIGTERM)"
