@@ -226,9 +226,15 @@ where
     }
 }
 
-/// Reads the request body up to `max_bytes` (413 beyond) and makes sure the request has a
-/// `Host`, which wasi:http requires.
-async fn read_body<B>(request: Request<B>, max_bytes: u64) -> Result<Request<Full<Bytes>>, ApiError>
+/// Reads a whole body of at most `limit` bytes: 413 if `Content-Length` says more (before
+/// reading anything) or if more arrives. `what` and `whose` name the body and the limit in the
+/// message ("the component", "this node's").
+pub async fn read_limited<B>(
+    request: Request<B>,
+    limit: u64,
+    what: &str,
+    whose: &str,
+) -> Result<(http::request::Parts, Bytes), ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -237,8 +243,8 @@ where
         ApiError::new(
             ErrorKind::PayloadTooLarge,
             format!(
-                "the request body is larger than this function's limit of {}",
-                format_size(max_bytes)
+                "the {what} is larger than {whose} limit of {}",
+                format_size(limit)
             ),
         )
     };
@@ -247,20 +253,31 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > max_bytes) {
+    if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    let (mut parts, body) = request.into_parts();
-    let limit = usize::try_from(max_bytes).unwrap_or(usize::MAX);
-    let bytes = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(error) => {
-            return Err(ApiError::invalid(format!(
-                "failed to read the request body: {error}"
-            )));
-        }
-    };
+    let (parts, body) = request.into_parts();
+    match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok((parts, collected.to_bytes())),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::invalid(format!(
+            "failed to read the {what}: {error}"
+        ))),
+    }
+}
+
+/// Reads the request body up to `max_bytes` (413 beyond) and makes sure the request has a
+/// `Host`, which wasi:http requires.
+async fn read_body<B>(request: Request<B>, max_bytes: u64) -> Result<Request<Full<Bytes>>, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let (mut parts, bytes) =
+        read_limited(request, max_bytes, "request body", "this function's").await?;
     if !parts.headers.contains_key(header::HOST) {
         parts
             .headers

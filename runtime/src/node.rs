@@ -355,21 +355,22 @@ impl Node {
         })
     }
 
+    /// The version of `name` serving now; 404 if there is no such function.
+    fn current_version(&self, name: &str) -> Result<u64, ApiError> {
+        names::validate_name(name).map_err(ApiError::invalid)?;
+        self.registry
+            .current(name)
+            .map_err(|e| ApiError::internal(&e))?
+            .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))
+    }
+
     /// Every version of a function with its manifest.
     pub fn versions(&self, name: &str) -> Result<Vec<Manifest>, ApiError> {
-        names::validate_name(name).map_err(ApiError::invalid)?;
+        self.current_version(name)?;
         let versions = self
             .registry
             .versions(name)
             .map_err(|e| ApiError::internal(&e))?;
-        if self
-            .registry
-            .current(name)
-            .map_err(|e| ApiError::internal(&e))?
-            .is_none()
-        {
-            return Err(ApiError::not_found(format!("no function named `{name}`")));
-        }
         versions
             .into_iter()
             .map(|v| {
@@ -485,13 +486,8 @@ impl Node {
         name: &str,
         to: Option<u64>,
     ) -> Result<FunctionInfo, ApiError> {
-        names::validate_name(name).map_err(ApiError::invalid)?;
         let _guard = self.changes.lock().await;
-        let current = self
-            .registry
-            .current(name)
-            .map_err(|e| ApiError::internal(&e))?
-            .ok_or_else(|| ApiError::not_found(format!("no function named `{name}`")))?;
+        let current = self.current_version(name)?;
         let versions = self
             .registry
             .versions(name)
@@ -525,24 +521,20 @@ impl Node {
         .await
         .map_err(|e| ApiError::internal(&anyhow!("rollback task failed: {e}")))?
         .map_err(|e| ApiError::internal(&e))?;
-        let routes_now = self.snapshot();
-        for route in &function.manifest.settings.routes {
-            if let Some(owner) = routes_now.routes.owner(route)
-                && owner != name
-            {
-                // Version `target` claimed a route another function has taken since; keep the
-                // registry as it was.
-                let _ = self.registry.set_current(name, current);
-                return Err(ApiError::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "version {target} of `{name}` serves route `{route}`, which `{owner}` now serves"
-                    ),
-                ));
-            }
+        if let Some(conflict) = self.route_conflict(name, &function.manifest.settings) {
+            // Version `target` claims a route another function has taken since; keep the
+            // registry as it was.
+            let _ = self.registry.set_current(name, current);
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "cannot roll `{name}` back to version {target}: {}",
+                    conflict.message
+                ),
+            ));
         }
         let function = Arc::new(function);
-        let served = routes_now.with(|functions| {
+        let served = self.snapshot().with(|functions| {
             functions.insert(name.to_string(), function.clone());
         });
         self.publish(served);
@@ -552,16 +544,8 @@ impl Node {
 
     /// Stops serving `name` and deletes it from disk. Requests already running finish.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), ApiError> {
-        names::validate_name(name).map_err(ApiError::invalid)?;
         let _guard = self.changes.lock().await;
-        if self
-            .registry
-            .current(name)
-            .map_err(|e| ApiError::internal(&e))?
-            .is_none()
-        {
-            return Err(ApiError::not_found(format!("no function named `{name}`")));
-        }
+        self.current_version(name)?;
         let served = self.snapshot().with(|functions| {
             functions.remove(name);
         });

@@ -582,31 +582,10 @@ impl StreamLease {
                 "invalid launch dimensions: grid {grid:?}, block {block:?} (blocks hold 1..=1024 threads)"
             )));
         }
-        enum Scalar {
-            F32(f32),
-            F64(f64),
-            I32(i32),
-            U32(u32),
-            I64(i64),
-            U64(u64),
-            None,
-        }
-        let scalars: Vec<Scalar> = args
-            .iter()
-            .map(|arg| match arg {
-                KernelArg::F32(v) => Scalar::F32(*v),
-                KernelArg::F64(v) => Scalar::F64(*v),
-                KernelArg::I32(v) => Scalar::I32(*v),
-                KernelArg::U32(v) => Scalar::U32(*v),
-                KernelArg::I64(v) => Scalar::I64(*v),
-                KernelArg::U64(v) => Scalar::U64(*v),
-                KernelArg::Tensor(_) => Scalar::None,
-            })
-            .collect();
         let mut launch = self.stream().launch_builder(&kernel.function);
-        for (arg, scalar) in args.iter().zip(&scalars) {
-            match (arg, scalar) {
-                (KernelArg::Tensor(tensor), _) => match &tensor.storage {
+        for arg in args {
+            match arg {
+                KernelArg::Tensor(tensor) => match &tensor.storage {
                     Storage::Cuda(buffer) => {
                         launch.arg(&buffer.slice);
                     }
@@ -614,25 +593,24 @@ impl StreamLease {
                         return Err(GpuError::invalid("a kernel argument is not on this device"));
                     }
                 },
-                (_, Scalar::F32(v)) => {
+                KernelArg::F32(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::F64(v)) => {
+                KernelArg::F64(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::I32(v)) => {
+                KernelArg::I32(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::U32(v)) => {
+                KernelArg::U32(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::I64(v)) => {
+                KernelArg::I64(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::U64(v)) => {
+                KernelArg::U64(v) => {
                     launch.arg(v);
                 }
-                (_, Scalar::None) => unreachable!("tensors are matched above"),
             }
         }
         let config = LaunchConfig {

@@ -11,7 +11,6 @@ use crate::settings::FunctionSettings;
 use crate::units::format_size;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 use std::sync::Arc;
@@ -387,36 +386,8 @@ async fn read_limited(
     limit: u64,
     what: &str,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!(
-                "the {what} is larger than this node accepts ({})",
-                format_size(limit)
-            ),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(too_large());
-    }
-    match Limited::new(
-        request.into_body(),
-        usize::try_from(limit).unwrap_or(usize::MAX),
-    )
-    .collect()
-    .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(ApiError::invalid(format!(
-            "failed to read the {what}: {error}"
-        ))),
-    }
+    let (_, bytes) = invoke::read_limited(request, limit, what, "this node's").await?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
