@@ -2,8 +2,9 @@
 //! a chain of them before an allocation happens and give the bytes back when dropped.
 
 use crate::error::{ErrorKind, GpuError, GpuResult};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// A named byte budget with a limit, what is in use and the peak.
 #[derive(Debug)]
@@ -12,6 +13,8 @@ pub struct MemoryBudget {
     limit: u64,
     used: AtomicU64,
     peak: AtomicU64,
+    /// Bytes in use integrated over time: (last change, byte-seconds so far).
+    integral: Mutex<(Instant, f64)>,
 }
 
 impl MemoryBudget {
@@ -22,7 +25,21 @@ impl MemoryBudget {
             limit,
             used: AtomicU64::new(0),
             peak: AtomicU64::new(0),
+            integral: Mutex::new((Instant::now(), 0.0)),
         })
+    }
+
+    /// Bytes in use integrated over time since the budget was made (byte-seconds).
+    pub fn byte_seconds(&self) -> f64 {
+        let mut integral = self.integral.lock().unwrap_or_else(|e| e.into_inner());
+        Self::advance(&mut integral, self.used());
+        integral.1
+    }
+
+    fn advance(integral: &mut (Instant, f64), used_before: u64) {
+        let now = Instant::now();
+        integral.1 += used_before as f64 * now.duration_since(integral.0).as_secs_f64();
+        integral.0 = now;
     }
 
     /// The name.
@@ -51,6 +68,8 @@ impl MemoryBudget {
     }
 
     fn try_charge(&self, bytes: u64) -> bool {
+        let mut integral = self.integral.lock().unwrap_or_else(|e| e.into_inner());
+        Self::advance(&mut integral, self.used());
         let charged = self
             .used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -66,6 +85,8 @@ impl MemoryBudget {
     }
 
     fn release(&self, bytes: u64) {
+        let mut integral = self.integral.lock().unwrap_or_else(|e| e.into_inner());
+        Self::advance(&mut integral, self.used());
         self.used.fetch_sub(bytes, Ordering::AcqRel);
     }
 }
@@ -156,11 +177,17 @@ mod tests {
             "a failed reservation leaves nothing charged"
         );
 
+        std::thread::sleep(std::time::Duration::from_millis(50));
         drop(first);
         assert_eq!(
             (invocation.used(), function.used(), device.used()),
             (0, 0, 0)
         );
+        // 300 bytes held for at least 50 ms; nothing held since.
+        let held = invocation.byte_seconds();
+        assert!((15.0..60.0).contains(&held), "{held} byte-seconds");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(invocation.byte_seconds(), held);
         assert_eq!(invocation.peak(), 300);
     }
 }

@@ -275,6 +275,11 @@ impl Session {
         self.invocation.peak()
     }
 
+    /// Bytes this invocation held, integrated over time (byte-seconds).
+    pub fn byte_seconds(&self) -> f64 {
+        self.invocation.byte_seconds()
+    }
+
     pub(crate) fn reserve(&self, bytes: u64) -> GpuResult<Reservation> {
         Reservation::new(&self.budgets, bytes)
     }

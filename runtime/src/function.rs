@@ -28,6 +28,8 @@ pub struct LoadedFunction {
     pub scheduler: Scheduler,
     /// The GPU memory quota all running invocations of this version share, if set.
     pub gpu_budget: Option<Arc<flint_gpu::MemoryBudget>>,
+    /// Set by the first invocation of this loaded version (which counts as a cold start).
+    pub served: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for LoadedFunction {
@@ -47,6 +49,7 @@ impl LoadedFunction {
             name: Arc::from(manifest.name.as_str()),
             env: Arc::from(settings.env.clone()),
             scheduler: Scheduler::new(settings.max_concurrency, settings.queue_depth),
+            served: std::sync::atomic::AtomicBool::new(false),
             gpu_budget: settings
                 .gpu_function_memory_bytes
                 .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),

@@ -87,9 +87,9 @@ impl InvocationState {
         }
     }
 
-    /// GPU bytes this invocation holds now.
-    pub fn gpu_used_bytes(&self) -> u64 {
-        self.gpu.used_bytes()
+    /// What this invocation used of the GPU so far.
+    pub fn gpu_usage(&self) -> crate::gpu::GpuUsage {
+        self.gpu.usage()
     }
 }
 
@@ -152,6 +152,8 @@ pub struct MemoryLimiter {
     max_bytes: usize,
     /// The largest size the guest asked for beyond the cap, if it did.
     pub denied_bytes: Option<usize>,
+    /// The largest linear memory the guest grew to.
+    pub peak_bytes: usize,
 }
 
 impl MemoryLimiter {
@@ -160,6 +162,7 @@ impl MemoryLimiter {
         MemoryLimiter {
             max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
             denied_bytes: None,
+            peak_bytes: 0,
         }
     }
 }
@@ -175,6 +178,7 @@ impl ResourceLimiter for MemoryLimiter {
             self.denied_bytes = Some(desired);
             return Ok(false);
         }
+        self.peak_bytes = self.peak_bytes.max(desired);
         Ok(true)
     }
 

@@ -5,6 +5,7 @@
 use crate::error::{ApiError, ErrorKind};
 use crate::function::LoadedFunction;
 use crate::host::{InvocationInfo, InvocationState};
+use crate::metering::{Meter, Outcome};
 use crate::node::Node;
 use crate::scheduler::Rejected;
 use crate::units::{format_duration, format_size};
@@ -48,6 +49,39 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
     response
 }
 
+/// A response body that counts its bytes into the invocation's meter.
+struct MeteredBody {
+    body: ResponseBody,
+    meter: Arc<Meter>,
+}
+
+impl hyper::body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            self.meter.update(|record| record.bytes_out += n);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// The JSON error response for `error` (with `Retry-After` when it has one).
 pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
     let mut response = json_response(error.kind.status(), &error.to_json());
@@ -76,6 +110,16 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let invocation_id = new_invocation_id();
+    let cold_start = !function
+        .served
+        .swap(true, std::sync::atomic::Ordering::AcqRel);
+    let meter = Meter::start(
+        node.metering().clone(),
+        &function.name,
+        function.manifest.version,
+        &invocation_id,
+        cold_start,
+    );
     let span = tracing::info_span!(
         "invocation",
         function = %function.name,
@@ -86,18 +130,23 @@ where
     node.count_invocation();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let mut response = match run(node, &function, request, &invocation_id)
+    let (mut response, outcome) = match run(node, &function, request, &invocation_id, &meter)
         .instrument(span.clone())
         .await
     {
-        Ok(response) => response,
+        Ok(response) => (response, Outcome::Ok),
         Err(error) => {
             span.in_scope(
                 || tracing::warn!(kind = ?error.kind, "invocation failed: {}", error.message),
             );
-            error_response(&error)
+            (error_response(&error), Outcome::of_error(error.kind))
         }
     };
+    let status = response.status().as_u16();
+    meter.update(|record| {
+        record.outcome = outcome;
+        record.status = status;
+    });
     if let Ok(value) = HeaderValue::from_str(&invocation_id) {
         response.headers_mut().insert(INVOCATION_ID_HEADER, value);
     }
@@ -110,7 +159,8 @@ where
             "answered"
         )
     });
-    response
+    // The record is written when both the guest and the response body are done.
+    response.map(|body| MeteredBody { body, meter }.boxed_unsync())
 }
 
 async fn run<B>(
@@ -118,6 +168,7 @@ async fn run<B>(
     function: &Arc<LoadedFunction>,
     request: Request<B>,
     invocation_id: &str,
+    meter: &Arc<Meter>,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -146,6 +197,10 @@ where
         })?;
 
     let request = read_body(request, settings.max_body_bytes).await?;
+    let bytes_in = hyper::body::Body::size_hint(request.body())
+        .exact()
+        .unwrap_or(0);
+    meter.update(|record| record.bytes_in = bytes_in);
 
     let info = InvocationInfo {
         function: function.name.clone(),
@@ -187,6 +242,7 @@ where
     };
 
     let pre = function.pre.clone();
+    let task_meter = meter.clone();
     let task = tokio::spawn(
         async move {
             // The slot stays taken until the guest is done, response body included.
@@ -200,7 +256,16 @@ where
             })
             .await;
             let memory_denied = store.data().limiter.denied_bytes;
+            let memory_peak = store.data().limiter.peak_bytes as u64;
+            let gpu = store.data().gpu_usage();
             drop(store);
+            task_meter.update(|record| {
+                record.memory_peak_bytes = memory_peak;
+                record.gpu_us = gpu.busy.as_micros() as u64;
+                record.gpu_peak_bytes = gpu.peak_bytes;
+                record.gpu_byte_seconds = gpu.byte_seconds;
+            });
+            drop(task_meter);
             (outcome, memory_denied)
         }
         .in_current_span(),

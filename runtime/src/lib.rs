@@ -24,6 +24,7 @@ pub mod gpu;
 pub mod guest_log;
 pub mod host;
 pub mod invoke;
+pub mod metering;
 pub mod models;
 pub mod names;
 pub mod node;

@@ -39,6 +39,8 @@ pub struct NodeOptions {
     pub gpu: flint_gpu::PoolOptions,
     /// How models batch concurrent requests.
     pub batching: flint_gpu::model::batcher::BatchOptions,
+    /// Size at which the usage log rotates.
+    pub usage_log_rotate_bytes: u64,
 }
 
 /// What is served right now: functions by name and the route table built from them.
@@ -75,6 +77,7 @@ pub struct Node {
     invocations: AtomicU64,
     pool: Arc<flint_gpu::Pool>,
     models: Arc<crate::models::ModelRegistry>,
+    metering: Arc<crate::metering::Metering>,
     _epoch: EpochTicker,
 }
 
@@ -147,9 +150,12 @@ impl Node {
             &options.data_dir,
             options.batching,
         )?);
+        let metering =
+            crate::metering::Metering::open(&options.data_dir, options.usage_log_rotate_bytes)?;
         Ok(Arc::new(Node {
             pool,
             models,
+            metering,
             _epoch: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -182,6 +188,42 @@ impl Node {
     /// The registered models.
     pub fn models(&self) -> &Arc<crate::models::ModelRegistry> {
         &self.models
+    }
+
+    /// Usage records, statistics and metrics.
+    pub fn metering(&self) -> &Arc<crate::metering::Metering> {
+        &self.metering
+    }
+
+    /// The Prometheus text of the node's metrics (gauges refreshed now).
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.metering.metrics;
+        let served = self.snapshot();
+        metrics.in_flight.reset();
+        metrics.queued.reset();
+        for (name, function) in &served.functions {
+            metrics
+                .in_flight
+                .with_label_values(&[name])
+                .set(function.scheduler.running() as i64);
+            metrics
+                .queued
+                .with_label_values(&[name])
+                .set(function.scheduler.queued() as i64);
+        }
+        for device in self.pool.devices() {
+            metrics
+                .gpu_memory
+                .with_label_values(&[&device.index.to_string(), &device.name])
+                .set(device.used_bytes as i64);
+        }
+        metrics.models.set(self.models.list().len() as i64);
+        let mut text = String::new();
+        let encoder = prometheus::TextEncoder::new();
+        if let Err(error) = encoder.encode_utf8(&metrics.registry.gather(), &mut text) {
+            tracing::error!("encoding metrics: {error}");
+        }
+        text
     }
 
     /// Records where the public listener is bound (used for the URLs the admin API reports).

@@ -6,5 +6,6 @@ mod deploy;
 mod gpu;
 mod lifecycle;
 mod models;
+mod operations;
 mod serving;
 mod support;

@@ -386,6 +386,124 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Options of `fnctl usage` and `fnctl stats`.
+#[derive(Debug, Args)]
+pub struct UsageArgs {
+    /// Only this function.
+    pub name: Option<String>,
+    /// Only invocations since then: RFC 3339 or a duration back from now (`1h`); `usage` only.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+fn usage_query(args: &UsageArgs) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(name) = &args.name {
+        query.append_pair("function", name);
+    }
+    if let Some(since) = &args.since {
+        query.append_pair("since", since);
+    }
+    query.finish()
+}
+
+/// `fnctl usage [NAME] [--since ...]`
+pub fn usage(args: UsageArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(
+        Method::GET,
+        &format!("/v1/usage?{}", usage_query(&args)),
+        None,
+    )?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    let functions = value["functions"].as_object().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|(name, u)| {
+            vec![
+                name.clone(),
+                u["invocations"].to_string(),
+                format!("{:.1}", u["wall_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+                format!("{:.1}", u["gpu_ms"].as_f64().unwrap_or(0.0)),
+                format!(
+                    "{:.2}",
+                    u["gpu_byte_seconds"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64
+                ),
+                u["bytes_in"].to_string(),
+                u["bytes_out"].to_string(),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "FUNCTION",
+            "INVOCATIONS",
+            "WALL-S",
+            "GPU-MS",
+            "GPU-MIB-S",
+            "BYTES-IN",
+            "BYTES-OUT",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fnctl stats [NAME]`
+pub fn stats(args: UsageArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let value = client.json(
+        Method::GET,
+        &format!("/v1/stats?{}", usage_query(&args)),
+        None,
+    )?;
+    if args.client.json {
+        return print_json(&value);
+    }
+    let ms = |v: &Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    let functions = value["functions"].as_object().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = functions
+        .iter()
+        .map(|(name, s)| {
+            let o = &s["outcomes"];
+            vec![
+                name.clone(),
+                s["invocations"].to_string(),
+                format!(
+                    "{}/{}/{}/{}/{}",
+                    o["ok"], o["trap"], o["timeout"], o["rejected"], o["error"]
+                ),
+                ms(&s["latency_ms"]["p50"]),
+                ms(&s["latency_ms"]["p95"]),
+                ms(&s["latency_ms"]["p99"]),
+                s["cold_starts"].to_string(),
+                format!("{:.1}", s["gpu_ms"].as_f64().unwrap_or(0.0)),
+                format!("{} MiB", s["gpu_peak_bytes"].as_u64().unwrap_or(0) >> 20),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "FUNCTION",
+            "INVOCATIONS",
+            "OK/TRAP/TIMEOUT/REJECTED/ERROR",
+            "P50-MS",
+            "P95-MS",
+            "P99-MS",
+            "COLD",
+            "GPU-MS",
+            "GPU-PEAK",
+        ],
+        &rows,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `fnctl model ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCommand {

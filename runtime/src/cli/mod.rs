@@ -41,6 +41,10 @@ pub enum Command {
     Invoke(commands::InvokeArgs),
     /// Show the node's GPU devices (or CPU backend) and their memory use.
     Gpu(commands::ListArgs),
+    /// Sum the usage log per function (billing export).
+    Usage(commands::UsageArgs),
+    /// Invocations by outcome, latency percentiles, cold starts and GPU use per function.
+    Stats(commands::UsageArgs),
     /// Register, list and remove models.
     #[command(subcommand)]
     Model(commands::ModelCommand),
@@ -106,6 +110,8 @@ pub fn main() -> ExitCode {
         Command::Invoke(args) => commands::invoke(args),
         Command::Gpu(args) => commands::gpu(args),
         Command::Model(command) => commands::model(command),
+        Command::Usage(args) => commands::usage(args),
+        Command::Stats(args) => commands::stats(args),
     };
     match result {
         Ok(code) => code,

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Run one request per forward pass (no dynamic batching).
     #[arg(long)]
     pub no_batching: bool,
+    /// Size at which the usage log (DATA/usage/usage.jsonl) rotates.
+    #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
+    pub usage_log_size: String,
     /// How long in-flight requests may finish after SIGTERM/ctrl-c.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -78,6 +81,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 cpu_memory_bytes: parse_size(&args.cpu_tensor_memory)?,
                 force_cpu: args.cpu_backend,
             },
+            usage_log_rotate_bytes: parse_size(&args.usage_log_size)?,
             batching: flint_gpu::model::batcher::BatchOptions {
                 window: args.batch_window,
                 enabled: !args.no_batching,

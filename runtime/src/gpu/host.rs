@@ -46,6 +46,18 @@ async fn run<R: Send + 'static>(
 }
 
 impl GpuView<'_> {
+    /// [`run`], counting the time as GPU time of the invocation.
+    pub(super) async fn timed<R: Send + 'static>(
+        &mut self,
+        cost: usize,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> wasmtime::Result<R> {
+        let started = std::time::Instant::now();
+        let result = run(cost, work).await;
+        self.ctx.busy += started.elapsed();
+        result
+    }
+
     fn session(&mut self) -> Result<Arc<Session>, Error> {
         self.ctx.session().map_err(Error::from)
     }
@@ -72,7 +84,7 @@ impl GpuView<'_> {
         };
         let a = self.tensor(&a)?;
         let cost = op_cost(&session, a.len());
-        let result = run(cost, move || op(&session, &a)).await?;
+        let result = self.timed(cost, move || op(&session, &a)).await?;
         self.push(result)
     }
 
@@ -89,7 +101,7 @@ impl GpuView<'_> {
         let a = self.tensor(&a)?;
         let b = self.tensor(&b)?;
         let cost = op_cost(&session, a.len().max(b.len()));
-        let result = run(cost, move || op(&session, &a, &b)).await?;
+        let result = self.timed(cost, move || op(&session, &a, &b)).await?;
         self.push(result)
     }
 }
@@ -123,7 +135,9 @@ impl types::HostTensor for GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let cost = copy_cost(&session, data.len() / 4);
-        let result = run(cost, move || session.upload(dtype.into(), &shape, &data)).await?;
+        let result = self
+            .timed(cost, move || session.upload(dtype.into(), &shape, &data))
+            .await?;
         self.push(result)
     }
 
@@ -160,7 +174,7 @@ impl types::HostTensor for GpuView<'_> {
         };
         let tensor = self.tensor(&this)?;
         let cost = copy_cost(&session, tensor.len());
-        let result = run(cost, move || session.download(&tensor)).await?;
+        let result = self.timed(cost, move || session.download(&tensor)).await?;
         Ok(result.map_err(Error::from))
     }
 
@@ -256,7 +270,9 @@ impl kernels::HostKernel for GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         // NVRTC compiles take milliseconds to seconds: always off the async threads.
-        let result = run(usize::MAX, move || session.compile_kernel(&source, &entry)).await?;
+        let result = self
+            .timed(usize::MAX, move || session.compile_kernel(&source, &entry))
+            .await?;
         match result {
             Ok(kernel) => Ok(Ok(self.table.push(HostKernel(Arc::new(kernel)))?)),
             Err(error) => Ok(Err(error.into())),
@@ -288,28 +304,29 @@ impl kernels::HostKernel for GpuView<'_> {
                 KernelArg::U64(v) => OwnedArg::U64(v),
             });
         }
-        let result = run(usize::MAX, move || {
-            let args: Vec<flint_gpu::KernelArg<'_>> = owned
-                .iter()
-                .map(|arg| match arg {
-                    OwnedArg::Tensor(t) => flint_gpu::KernelArg::Tensor(t),
-                    OwnedArg::F32(v) => flint_gpu::KernelArg::F32(*v),
-                    OwnedArg::F64(v) => flint_gpu::KernelArg::F64(*v),
-                    OwnedArg::I32(v) => flint_gpu::KernelArg::I32(*v),
-                    OwnedArg::U32(v) => flint_gpu::KernelArg::U32(*v),
-                    OwnedArg::I64(v) => flint_gpu::KernelArg::I64(*v),
-                    OwnedArg::U64(v) => flint_gpu::KernelArg::U64(*v),
-                })
-                .collect();
-            session.launch(
-                &kernel,
-                (grid.x, grid.y, grid.z),
-                (block.x, block.y, block.z),
-                shared_mem_bytes,
-                &args,
-            )
-        })
-        .await?;
+        let result = self
+            .timed(usize::MAX, move || {
+                let args: Vec<flint_gpu::KernelArg<'_>> = owned
+                    .iter()
+                    .map(|arg| match arg {
+                        OwnedArg::Tensor(t) => flint_gpu::KernelArg::Tensor(t),
+                        OwnedArg::F32(v) => flint_gpu::KernelArg::F32(*v),
+                        OwnedArg::F64(v) => flint_gpu::KernelArg::F64(*v),
+                        OwnedArg::I32(v) => flint_gpu::KernelArg::I32(*v),
+                        OwnedArg::U32(v) => flint_gpu::KernelArg::U32(*v),
+                        OwnedArg::I64(v) => flint_gpu::KernelArg::I64(*v),
+                        OwnedArg::U64(v) => flint_gpu::KernelArg::U64(*v),
+                    })
+                    .collect();
+                session.launch(
+                    &kernel,
+                    (grid.x, grid.y, grid.z),
+                    (block.x, block.y, block.z),
+                    shared_mem_bytes,
+                    &args,
+                )
+            })
+            .await?;
         Ok(result.map_err(Error::from))
     }
 

@@ -51,6 +51,19 @@ pub struct GpuCtx {
     models: Arc<crate::models::ModelRegistry>,
     limits: SessionLimits,
     session: Option<Arc<Session>>,
+    /// Time spent in GPU calls (device work and waits; compute on the CPU backend).
+    busy: std::time::Duration,
+}
+
+/// What one invocation used of the GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GpuUsage {
+    /// Time spent in GPU calls.
+    pub busy: std::time::Duration,
+    /// The most bytes held at once.
+    pub peak_bytes: u64,
+    /// Bytes held, integrated over time.
+    pub byte_seconds: f64,
 }
 
 impl GpuCtx {
@@ -65,6 +78,7 @@ impl GpuCtx {
             models,
             limits,
             session: None,
+            busy: std::time::Duration::ZERO,
         }
     }
 
@@ -78,9 +92,13 @@ impl GpuCtx {
         Ok(session)
     }
 
-    /// Bytes this invocation holds on the GPU now (0 if it never used it).
-    pub fn used_bytes(&self) -> u64 {
-        self.session.as_ref().map_or(0, |s| s.used_bytes())
+    /// What this invocation used so far (zero if it never touched the GPU).
+    pub fn usage(&self) -> GpuUsage {
+        GpuUsage {
+            busy: self.busy,
+            peak_bytes: self.session.as_ref().map_or(0, |s| s.peak_bytes()),
+            byte_seconds: self.session.as_ref().map_or(0.0, |s| s.byte_seconds()),
+        }
     }
 }
 

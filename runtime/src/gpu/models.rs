@@ -104,7 +104,9 @@ impl models::HostModel for GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let batch = sequences.len();
+        let started = std::time::Instant::now();
         let vectors = run_batched(&model, sequences).await?;
+        self.ctx.busy += started.elapsed();
         let values: Vec<f32> = vectors.into_iter().flatten().collect();
         let dims = [batch as u32, model.model.dimension() as u32];
         match session.upload_f32(&dims, &values) {
@@ -142,7 +144,9 @@ impl models::HostModel for GpuView<'_> {
             Err(error) => return Ok(Err(Error::InvalidArgument(format!("{error:#}")))),
         };
         let tokens = sequences.iter().map(Vec::len).sum::<usize>() as u32;
+        let started = std::time::Instant::now();
         let vectors = run_batched(&model, sequences).await?;
+        self.ctx.busy += started.elapsed();
         Ok(Ok(Embeddings { vectors, tokens }))
     }
 

@@ -22,6 +22,9 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/usage"),
+    ("GET", "/v1/stats"),
     ("GET", "/v1/node"),
     ("GET", "/v1/openapi.json"),
     ("GET", "/v1/gpu"),
@@ -112,6 +115,9 @@ pub async fn handle(
     let result = match (method.as_str(), template) {
         ("GET", "/healthz") => Ok(public::health()),
         ("GET", "/readyz") => Ok(public::readiness(node)),
+        ("GET", "/metrics") => Ok(metrics(node)),
+        ("GET", "/v1/usage") => usage(node, request.uri().query()),
+        ("GET", "/v1/stats") => stats(node, request.uri().query()),
         ("GET", "/v1/node") => Ok(node_info(node)),
         ("GET", "/v1/openapi.json") => Ok(openapi()),
         ("GET", "/v1/gpu") => Ok(gpu_info(node)),
@@ -155,6 +161,84 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "ready": node.is_ready(),
         }),
     )
+}
+
+fn metrics(node: &Node) -> Response<ResponseBody> {
+    let mut response = Response::new(invoke::full_body(node.render_metrics()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `function` and `since` from a query string; `since` is RFC 3339 or a duration back from now.
+fn usage_filter(
+    query: Option<&str>,
+) -> Result<(Option<String>, Option<std::time::SystemTime>), ApiError> {
+    let mut function = None;
+    let mut since = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "function" => function = Some(value.into_owned()),
+            "since" => {
+                since = Some(match humantime::parse_rfc3339_weak(&value) {
+                    Ok(time) => time,
+                    Err(_) => {
+                        let ago = crate::units::parse_duration(&value).map_err(|_| {
+                            ApiError::invalid(format!(
+                                "`since={value}` is neither RFC 3339 nor a duration like 1h"
+                            ))
+                        })?;
+                        std::time::SystemTime::now() - ago
+                    }
+                })
+            }
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown parameter `{other}` (known: function, since)"
+                )));
+            }
+        }
+    }
+    Ok((function, since))
+}
+
+fn usage(node: &Node, query: Option<&str>) -> Result<Response<ResponseBody>, ApiError> {
+    let (function, since) = usage_filter(query)?;
+    let records = node
+        .metering()
+        .read_usage(function.as_deref(), since)
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut totals: std::collections::BTreeMap<String, serde_json::Value> = Default::default();
+    for record in &records {
+        let entry = totals.entry(record.function.clone()).or_insert_with(|| {
+            json!({ "invocations": 0, "outcomes": {}, "cold_starts": 0, "wall_ms": 0.0, "gpu_ms": 0.0,
+                    "gpu_byte_seconds": 0.0, "bytes_in": 0, "bytes_out": 0 })
+        });
+        let add_u = |v: &mut serde_json::Value, n: u64| *v = json!(v.as_u64().unwrap_or(0) + n);
+        let add_f = |v: &mut serde_json::Value, x: f64| *v = json!(v.as_f64().unwrap_or(0.0) + x);
+        add_u(&mut entry["invocations"], 1);
+        add_u(&mut entry["outcomes"][record.outcome.name()], 1);
+        add_u(&mut entry["cold_starts"], record.cold_start as u64);
+        add_f(&mut entry["wall_ms"], record.wall_us as f64 / 1000.0);
+        add_f(&mut entry["gpu_ms"], record.gpu_us as f64 / 1000.0);
+        add_f(&mut entry["gpu_byte_seconds"], record.gpu_byte_seconds);
+        add_u(&mut entry["bytes_in"], record.bytes_in);
+        add_u(&mut entry["bytes_out"], record.bytes_out);
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "records": records.len(), "functions": totals }),
+    ))
+}
+
+fn stats(node: &Node, query: Option<&str>) -> Result<Response<ResponseBody>, ApiError> {
+    let (function, _) = usage_filter(query)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "functions": node.metering().stats(function.as_deref()) }),
+    ))
 }
 
 fn list_models(node: &Node) -> Response<ResponseBody> {

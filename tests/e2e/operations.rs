@@ -1,0 +1,221 @@
+//! Operations: usage records, `fnctl usage` and `fnctl stats`, and Prometheus metrics, checked
+//! against exactly what the test sent.
+
+use crate::support::{Node, guests, request};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn usage_records(node: &Node, want: usize) -> Vec<Value> {
+    let path = node.data.join("usage/usage.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let records: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.len() >= want {
+            assert_eq!(records.len(), want, "{text}");
+            return records;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {want} usage records: {text}",
+            records.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses Prometheus text: `name{labels} value` per sample, comments and blank lines skipped.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    let mut samples = HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {line:?}"
+            );
+        }
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[test]
+fn usage_records_match_what_was_sent() {
+    let node = Node::start();
+    node.deploy(&guests().misbehave, "raw", &["--timeout", "500ms"]);
+    let mut sent = Vec::new();
+    for size in [10usize, 100, 1000] {
+        let reply = node.post("/fn/raw/echo", &vec![b'x'; size]);
+        assert_eq!(reply.status, 200);
+        sent.push((
+            reply.header("x-flint-invocation-id").unwrap().to_string(),
+            "ok",
+            size,
+            reply.body.len(),
+        ));
+    }
+    let trap = node.get("/fn/raw/trap");
+    sent.push((
+        trap.header("x-flint-invocation-id").unwrap().to_string(),
+        "trap",
+        0,
+        trap.body.len(),
+    ));
+    let timeout = node.get("/fn/raw/loop");
+    sent.push((
+        timeout.header("x-flint-invocation-id").unwrap().to_string(),
+        "timeout",
+        0,
+        timeout.body.len(),
+    ));
+
+    let records = usage_records(&node, sent.len());
+    for (record, (id, outcome, bytes_in, bytes_out)) in records.iter().zip(&sent) {
+        assert_eq!(record["invocation_id"], id.as_str(), "{record}");
+        assert_eq!(record["function"], "raw");
+        assert_eq!(record["version"], 1);
+        assert_eq!(record["outcome"], *outcome, "{record}");
+        assert_eq!(record["bytes_in"], *bytes_in as u64, "{record}");
+        assert_eq!(record["bytes_out"], *bytes_out as u64, "{record}");
+        assert!(record["wall_us"].as_u64().unwrap() > 0);
+        assert!(
+            record["memory_peak_bytes"].as_u64().unwrap() > 0,
+            "{record}"
+        );
+    }
+    assert_eq!(
+        records[0]["cold_start"], true,
+        "the first invocation of a loaded version is cold"
+    );
+    assert!(records[1..].iter().all(|r| r["cold_start"] == false));
+    assert_eq!(records[3]["status"], 500);
+    assert_eq!(records[4]["status"], 504);
+
+    let run = node.fnctl(&["usage", "--json"]);
+    assert!(run.success, "{}", run.stderr);
+    let usage: Value = serde_json::from_str(&run.stdout).unwrap();
+    let raw = &usage["functions"]["raw"];
+    assert_eq!(raw["invocations"], 5);
+    assert_eq!(raw["outcomes"]["ok"], 3);
+    assert_eq!(raw["outcomes"]["trap"], 1);
+    assert_eq!(raw["outcomes"]["timeout"], 1);
+    assert_eq!(raw["bytes_in"], 1110);
+    let run = node.fnctl(&["usage", "raw", "--since", "1h"]);
+    assert!(
+        run.success
+            && run
+                .stdout
+                .lines()
+                .any(|l| l.starts_with("raw ") && l.contains(" 5 ")),
+        "{}",
+        run.stdout
+    );
+    let future = node.fnctl(&["usage", "--json", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&future.stdout).unwrap()["records"],
+        0
+    );
+
+    let run = node.fnctl(&["stats", "raw", "--json"]);
+    let stats: Value = serde_json::from_str(&run.stdout).unwrap();
+    let raw = &stats["functions"]["raw"];
+    assert_eq!(raw["invocations"], 5);
+    assert_eq!(raw["cold_starts"], 1);
+    assert!(raw["latency_ms"]["p50"].as_f64().unwrap() > 0.0);
+    assert!(
+        raw["latency_ms"]["p99"].as_f64().unwrap() >= raw["latency_ms"]["p50"].as_f64().unwrap()
+    );
+    let table = node.fnctl(&["stats"]);
+    assert!(
+        table.stdout.contains("P95-MS") && table.stdout.contains("3/1/1/0/0"),
+        "{}",
+        table.stdout
+    );
+}
+
+#[test]
+fn metrics_parse_and_counters_move_by_exactly_the_invocations() {
+    let node = Node::start();
+    node.deploy(&guests().hello, "hello", &[]);
+    let scrape = || {
+        let reply = request("GET", &node.admin_url("/metrics"), None, None);
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply
+                .header("content-type")
+                .unwrap()
+                .starts_with("text/plain")
+        );
+        parse_metrics(&reply.body)
+    };
+    let key = r#"flint_invocations_total{function="hello",outcome="ok",status="200"}"#;
+    let before = scrape().get(key).copied().unwrap_or(0.0);
+    for _ in 0..7 {
+        assert_eq!(node.get("/fn/hello/").status, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let samples = scrape();
+        if samples.get(key).copied().unwrap_or(0.0) >= before + 7.0 {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter stuck at {:?}",
+            samples.get(key)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(after[key], before + 7.0);
+    assert_eq!(
+        after[r#"flint_invocation_duration_seconds_count{function="hello"}"#],
+        7.0
+    );
+    assert_eq!(after[r#"flint_cold_starts_total{function="hello"}"#], 1.0);
+    assert_eq!(
+        after[r#"flint_invocations_in_flight{function="hello"}"#],
+        0.0
+    );
+    assert_eq!(after["flint_models_resident"], 0.0);
+    assert!(
+        after
+            .keys()
+            .any(|k| k.starts_with("flint_gpu_memory_used_bytes{")),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn gpu_use_is_metered() {
+    let node = Node::start();
+    node.deploy(&guests().gpu_hold, "hold", &[]);
+    let reply = node.get("/fn/hold/?mb=4&then=sleep&ms=300");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let record = &usage_records(&node, 1)[0];
+    assert_eq!(record["gpu_peak_bytes"], 4 << 20, "{record}");
+    // 4 MiB were held for at least the 300 ms sleep.
+    let byte_seconds = record["gpu_byte_seconds"].as_f64().unwrap();
+    assert!(byte_seconds >= (4 << 20) as f64 * 0.3, "{record}");
+    assert!(byte_seconds <= (4 << 20) as f64 * 30.0, "{record}");
+}
