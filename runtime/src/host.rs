@@ -29,6 +29,8 @@ pub struct InvocationInfo {
     pub gpu_limits: flint_gpu::SessionLimits,
     /// The node's registered models.
     pub models: Arc<crate::models::ModelRegistry>,
+    /// Where the function's stdout and stderr are captured.
+    pub log: Arc<crate::guest_log::FunctionLog>,
 }
 
 /// Store data of one invocation.
@@ -51,11 +53,13 @@ impl InvocationState {
             info.function.clone(),
             info.invocation_id.clone(),
             GuestStream::Stdout,
+            info.log.clone(),
         ))
         .stderr(GuestLog::new(
             info.function.clone(),
             info.invocation_id.clone(),
             GuestStream::Stderr,
+            info.log.clone(),
         ))
         .envs(&info.env)
         .env("FLINT_FUNCTION", &*info.function)

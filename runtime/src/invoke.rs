@@ -210,6 +210,7 @@ where
         allow_outbound: settings.allow_outbound,
         pool: node.gpu_pool().clone(),
         models: node.models().clone(),
+        log: node.guest_logs().function(&function.name),
         gpu_limits: flint_gpu::SessionLimits {
             invocation_bytes: settings.gpu_memory_bytes,
             function: function.gpu_budget.clone(),

@@ -78,6 +78,7 @@ pub struct Node {
     pool: Arc<flint_gpu::Pool>,
     models: Arc<crate::models::ModelRegistry>,
     metering: Arc<crate::metering::Metering>,
+    guest_logs: crate::guest_log::GuestLogs,
     _epoch: EpochTicker,
 }
 
@@ -152,10 +153,12 @@ impl Node {
         )?);
         let metering =
             crate::metering::Metering::open(&options.data_dir, options.usage_log_rotate_bytes)?;
+        let guest_logs = crate::guest_log::GuestLogs::open(&options.data_dir)?;
         Ok(Arc::new(Node {
             pool,
             models,
             metering,
+            guest_logs,
             _epoch: EpochTicker::start(engine.clone()),
             engine,
             linker,
@@ -188,6 +191,11 @@ impl Node {
     /// The registered models.
     pub fn models(&self) -> &Arc<crate::models::ModelRegistry> {
         &self.models
+    }
+
+    /// Captured guest output.
+    pub fn guest_logs(&self) -> &crate::guest_log::GuestLogs {
+        &self.guest_logs
     }
 
     /// Usage records, statistics and metrics.

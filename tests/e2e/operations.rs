@@ -219,3 +219,93 @@ fn gpu_use_is_metered() {
     assert!(byte_seconds >= (4 << 20) as f64 * 0.3, "{record}");
     assert!(byte_seconds <= (4 << 20) as f64 * 30.0, "{record}");
 }
+
+#[test]
+fn guest_output_shows_up_in_fnctl_logs_with_invocation_ids() {
+    let node = Node::start();
+    node.deploy(&guests().misbehave, "raw", &[]);
+    let first = node.get("/fn/raw/print?lines=3");
+    let second = node.get("/fn/raw/print?lines=2");
+    let id1 = first.header("x-flint-invocation-id").unwrap().to_string();
+    let id2 = second.header("x-flint-invocation-id").unwrap().to_string();
+
+    let run = node.fnctl(&["logs", "raw", "--json"]);
+    assert!(run.success, "{}", run.stderr);
+    let lines: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |id: &str, stream: &str| -> Vec<String> {
+        lines
+            .iter()
+            .filter(|l| l["invocation_id"] == id && l["stream"] == stream)
+            .map(|l| l["line"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        of(&id1, "stdout"),
+        ["guest line 0", "guest line 1", "guest line 2"]
+    );
+    assert_eq!(of(&id1, "stderr"), ["guest stderr line"]);
+    assert_eq!(of(&id2, "stdout"), ["guest line 0", "guest line 1"]);
+    assert_eq!(lines.len(), 7);
+
+    let run = node.fnctl(&["logs", "raw", "--tail", "2"]);
+    assert_eq!(run.stdout.lines().count(), 2, "{}", run.stdout);
+    assert!(
+        run.stdout.lines().all(|l| l.contains(&id2)),
+        "{}",
+        run.stdout
+    );
+    let file = std::fs::read_to_string(node.data.join("logs/raw.log")).unwrap();
+    assert!(
+        file.lines()
+            .any(|l| l.contains(&id1) && l.ends_with("stdout guest line 2")),
+        "{file}"
+    );
+
+    // `-f` prints lines written after it started.
+    let mut follower = std::process::Command::new(crate::support::fnctl_binary())
+        .args(["logs", "raw", "-f", "--tail", "0"])
+        .env("FLINT_DATA", &node.data)
+        .env_remove("FNCTL_SERVER")
+        .env_remove("FNCTL_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let third = node.get("/fn/raw/print?lines=1");
+    let id3 = third.header("x-flint-invocation-id").unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains(&id3) && l.ends_with("guest line 0"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match receiver.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("`fnctl logs -f` never printed invocation {id3}: {seen:?}"),
+        }
+    }
+    assert!(
+        !seen.iter().any(|l| l.contains(&id1)),
+        "--tail 0 starts at the end: {seen:?}"
+    );
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}

@@ -386,6 +386,62 @@ pub fn versions(args: NameArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Options of `fnctl logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The function's name.
+    pub name: String,
+    /// How many of the latest lines to show.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+    /// Keep printing new lines as they come (ctrl-c stops).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub client: ClientArgs,
+}
+
+/// `fnctl logs NAME [--tail N] [-f]`
+pub fn logs(args: LogsArgs) -> Result<ExitCode> {
+    let client = AdminClient::connect(&args.client)?;
+    let mut after = 0u64;
+    let mut tail = args.tail;
+    let mut first = true;
+    loop {
+        // The first call prints the tail; later ones (with -f) wait for new lines.
+        let wait = if args.follow && !first { 25 } else { 0 };
+        let value = client.json(
+            Method::GET,
+            &format!(
+                "/v1/functions/{}/logs?tail={tail}&after={after}&wait={wait}",
+                encode(&args.name)
+            ),
+            None,
+        )?;
+        for line in value["lines"].as_array().cloned().unwrap_or_default() {
+            if args.client.json {
+                println!("{line}");
+            } else {
+                println!(
+                    "{} {} {} {}",
+                    line["time"].as_str().unwrap_or_default(),
+                    line["invocation_id"].as_str().unwrap_or_default(),
+                    line["stream"].as_str().unwrap_or_default(),
+                    line["line"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        std::io::stdout().flush()?;
+        after = value["last"].as_u64().unwrap_or(after).max(after);
+        tail = usize::MAX;
+        first = false;
+        if !args.follow {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
 /// Options of `fnctl usage` and `fnctl stats`.
 #[derive(Debug, Args)]
 pub struct UsageArgs {

@@ -41,6 +41,8 @@ pub enum Command {
     Invoke(commands::InvokeArgs),
     /// Show the node's GPU devices (or CPU backend) and their memory use.
     Gpu(commands::ListArgs),
+    /// Show a function's captured stdout/stderr (`-f` to follow).
+    Logs(commands::LogsArgs),
     /// Sum the usage log per function (billing export).
     Usage(commands::UsageArgs),
     /// Invocations by outcome, latency percentiles, cold starts and GPU use per function.
@@ -111,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Gpu(args) => commands::gpu(args),
         Command::Model(command) => commands::model(command),
         Command::Usage(args) => commands::usage(args),
+        Command::Logs(args) => commands::logs(args),
         Command::Stats(args) => commands::stats(args),
     };
     match result {

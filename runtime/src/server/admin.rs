@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/functions/{name}/versions"),
     ("POST", "/v1/functions/{name}/rollback"),
     ("POST", "/v1/functions/{name}/invoke"),
+    ("GET", "/v1/functions/{name}/logs"),
 ];
 
 /// Largest JSON body the admin API reads (rollback requests).
@@ -132,6 +133,7 @@ pub async fn handle(
         ("POST", "/v1/functions/{name}/versions") => deploy(node, &name, request).await,
         ("POST", "/v1/functions/{name}/rollback") => rollback(node, &name, request).await,
         ("POST", "/v1/functions/{name}/invoke") => invoke_through_admin(node, &name, request).await,
+        ("GET", "/v1/functions/{name}/logs") => logs(node, &name, request.uri().query()).await,
         _ => Err(ApiError::internal(&anyhow::anyhow!(
             "route {method} {template} has no handler"
         ))),
@@ -161,6 +163,49 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "ready": node.is_ready(),
         }),
     )
+}
+
+/// `GET /v1/functions/NAME/logs?tail=N&after=SEQ&wait=SECONDS`: captured output lines after
+/// `after`, at most the last `tail`; with `wait`, waits that long for new lines first.
+async fn logs(
+    node: &Node,
+    name: &str,
+    query: Option<&str>,
+) -> Result<Response<ResponseBody>, ApiError> {
+    crate::names::validate_name(name)
+        .map_err(|e| ApiError::invalid(format!("invalid function name: {e}")))?;
+    let mut tail = 100usize;
+    let mut after = 0u64;
+    let mut wait = 0u64;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| ApiError::invalid(format!("`{key}={value}` is not a number")))
+        };
+        match key.as_ref() {
+            "tail" => tail = number()? as usize,
+            "after" => after = number()?,
+            "wait" => wait = number()?.min(30),
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown parameter `{other}` (known: tail, after, wait)"
+                )));
+            }
+        }
+    }
+    if node.function(name).is_none() {
+        return Err(ApiError::not_found(format!("no function named `{name}`")));
+    }
+    let log = node.guest_logs().function(name);
+    if wait > 0 {
+        log.wait(after, std::time::Duration::from_secs(wait)).await;
+    }
+    let (lines, last) = log.read(after, tail);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "lines": lines, "last": last }),
+    ))
 }
 
 fn metrics(node: &Node) -> Response<ResponseBody> {
