@@ -88,11 +88,18 @@ pub fn minilm_dir() -> PathBuf {
 
 /// The golden MiniLM embeddings (`../shared/golden/minilm-l6-v2.json`).
 pub fn golden() -> Value {
-    let path = repo_root()
-        .parent()
-        .unwrap()
-        .join("shared/golden/minilm-l6-v2.json");
-    serde_json::from_slice(&std::fs::read(path).expect("reading the golden file")).unwrap()
+    // CI and developers have ../shared beside the checkout; FLINT_SHARED_DIR overrides.
+    let shared = std::env::var_os("FLINT_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().parent().unwrap().join("shared"));
+    let path = shared.join("golden/minilm-l6-v2.json");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading the golden file {}: {e} (set FLINT_SHARED_DIR)",
+            path.display()
+        )
+    });
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// An HTTP answer.
