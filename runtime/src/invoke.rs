@@ -49,39 +49,6 @@ pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<
     response
 }
 
-/// A response body that counts its bytes into the invocation's meter.
-struct MeteredBody {
-    body: ResponseBody,
-    meter: Arc<Meter>,
-}
-
-impl hyper::body::Body for MeteredBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            let n = data.len() as u64;
-            self.meter.update(|record| record.bytes_out += n);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 /// The JSON error response for `error` (with `Retry-After` when it has one).
 pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
     let mut response = json_response(error.kind.status(), &error.to_json());
@@ -161,6 +128,39 @@ where
     });
     // The record is written when both the guest and the response body are done.
     response.map(|body| MeteredBody { body, meter }.boxed_unsync())
+}
+
+/// A response body that counts its bytes into the invocation's meter.
+struct MeteredBody {
+    body: ResponseBody,
+    meter: Arc<Meter>,
+}
+
+impl hyper::body::Body for MeteredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let n = data.len() as u64;
+            self.meter.update(|record| record.bytes_out += n);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn run<B>(
