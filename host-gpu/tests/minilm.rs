@@ -7,47 +7,15 @@
 
 use flint_gpu::model::EmbeddingModel;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+#[path = "../../tests/fixtures.rs"]
+mod fixtures;
+
+use fixtures::{golden, minilm_dir as model_dir};
 use std::sync::OnceLock;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The installed model directory (`FLINT_MINILM_DIR` or target/models/all-MiniLM-L6-v2).
-pub fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("FLINT_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not installed in {}: run scripts/install-model.sh",
-        dir.display()
-    );
-    dir
-}
 
 fn model() -> &'static EmbeddingModel {
     static MODEL: OnceLock<EmbeddingModel> = OnceLock::new();
     MODEL.get_or_init(|| EmbeddingModel::load(&model_dir()).expect("loading all-MiniLM-L6-v2"))
-}
-
-fn golden() -> Value {
-    // CI and developers have ../shared beside the checkout; FLINT_SHARED_DIR overrides.
-    let shared = std::env::var_os("FLINT_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().parent().unwrap().join("shared"));
-    let path = shared.join("golden/minilm-l6-v2.json");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading the golden file {}: {e} (set FLINT_SHARED_DIR)",
-            path.display()
-        )
-    });
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn check(text: &str, got: &[f32], want: &Value) {

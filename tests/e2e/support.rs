@@ -8,13 +8,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The repository root.
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+#[path = "../fixtures.rs"]
+mod fixtures;
+
+pub use fixtures::{golden, minilm_dir, repo_root};
 
 /// Paths of the built guest components.
 pub struct Guests {
@@ -71,35 +68,6 @@ pub fn guests() -> &'static Guests {
             embed: out.join("embed.wasm"),
         }
     })
-}
-
-/// The installed all-MiniLM-L6-v2 (`scripts/install-model.sh`); missing is a failure.
-pub fn minilm_dir() -> PathBuf {
-    let dir = std::env::var_os("FLINT_MINILM_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/models/all-MiniLM-L6-v2"));
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "all-MiniLM-L6-v2 is not installed in {}: run scripts/install-model.sh",
-        dir.display()
-    );
-    dir
-}
-
-/// The golden MiniLM embeddings (`../shared/golden/minilm-l6-v2.json`).
-pub fn golden() -> Value {
-    // CI and developers have ../shared beside the checkout; FLINT_SHARED_DIR overrides.
-    let shared = std::env::var_os("FLINT_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().parent().unwrap().join("shared"));
-    let path = shared.join("golden/minilm-l6-v2.json");
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "reading the golden file {}: {e} (set FLINT_SHARED_DIR)",
-            path.display()
-        )
-    });
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 /// An HTTP answer.
