@@ -22,14 +22,24 @@ pub struct LoadedFunction {
     pub name: Arc<str>,
     /// Environment variables, shared by every invocation.
     pub env: Arc<[(String, String)]>,
-    /// The pre-instantiated component.
-    pub pre: ProxyPre<InvocationState>,
+    /// The pre-instantiated component; `None` while unloaded for being idle.
+    code: std::sync::Mutex<Option<ProxyPre<InvocationState>>>,
+    /// One reload at a time.
+    reload: tokio::sync::Mutex<()>,
+    /// The precompiled artifact it reloads from.
+    artifact: std::path::PathBuf,
+    /// When it was last invoked, milliseconds since the Unix epoch.
+    last_used_ms: std::sync::atomic::AtomicU64,
     /// Admission control.
     pub scheduler: Scheduler,
     /// The GPU memory quota all running invocations of this version share, if set.
     pub gpu_budget: Option<Arc<flint_gpu::MemoryBudget>>,
-    /// Set by the first invocation of this loaded version (which counts as a cold start).
-    pub served: std::sync::atomic::AtomicBool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl std::fmt::Debug for LoadedFunction {
@@ -42,20 +52,84 @@ impl std::fmt::Debug for LoadedFunction {
 }
 
 impl LoadedFunction {
-    /// Wraps a pre-instantiated component with its manifest.
-    pub fn new(manifest: Manifest, pre: ProxyPre<InvocationState>) -> Self {
+    /// Wraps a pre-instantiated component with its manifest and the artifact it came from.
+    pub fn new(
+        manifest: Manifest,
+        pre: ProxyPre<InvocationState>,
+        artifact: std::path::PathBuf,
+    ) -> Self {
         let settings = &manifest.settings;
         LoadedFunction {
             name: Arc::from(manifest.name.as_str()),
             env: Arc::from(settings.env.clone()),
             scheduler: Scheduler::new(settings.max_concurrency, settings.queue_depth),
-            served: std::sync::atomic::AtomicBool::new(false),
             gpu_budget: settings
                 .gpu_function_memory_bytes
                 .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),
-            pre,
+            code: std::sync::Mutex::new(Some(pre)),
+            reload: tokio::sync::Mutex::new(()),
+            artifact,
+            last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
             manifest,
         }
+    }
+
+    /// Whether its code is in memory.
+    pub fn is_loaded(&self) -> bool {
+        self.code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// The pre-instantiated component, reloaded from the precompiled artifact if it was
+    /// unloaded; the flag says whether this call had to load it (a cold start).
+    pub async fn code(
+        &self,
+        linker: &Arc<Linker<InvocationState>>,
+    ) -> Result<(ProxyPre<InvocationState>, bool)> {
+        self.last_used_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok((pre, false));
+        }
+        let _one_at_a_time = self.reload.lock().await;
+        if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Ok((pre, false));
+        }
+        let linker = linker.clone();
+        let artifact = self.artifact.clone();
+        let pre = tokio::task::spawn_blocking(move || {
+            // SAFETY: as in `load`: an artifact this node wrote for this engine.
+            let component = unsafe { Component::deserialize_file(linker.engine(), &artifact) }
+                .map_err(|e| anyhow!("reloading {}: {e}", artifact.display()))?;
+            pre_instantiate(&linker, &component)
+        })
+        .await
+        .map_err(|e| anyhow!("reload task failed: {e}"))??;
+        *self.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(pre.clone());
+        tracing::info!(function = %self.name, version = self.manifest.version, "reloaded after being idle");
+        Ok((pre, true))
+    }
+
+    /// Drops the loaded code if the function has been idle for `idle` and nothing runs or
+    /// waits; `--keep-warm` functions stay. Returns whether it unloaded.
+    pub fn unload_if_idle(&self, idle: std::time::Duration) -> bool {
+        if self.manifest.settings.keep_warm
+            || self.scheduler.running() > 0
+            || self.scheduler.queued() > 0
+        {
+            return false;
+        }
+        let last = self.last_used_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if now_ms().saturating_sub(last) < idle.as_millis() as u64 {
+            return false;
+        }
+        self.code
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .is_some()
     }
 
     /// Loads a version from disk: deserializes the precompiled artifact, or — if it was made by
@@ -85,7 +159,10 @@ impl LoadedFunction {
             }
         };
         let pre = pre_instantiate(linker, &component)?;
-        Ok((LoadedFunction::new(manifest, pre), new_artifact))
+        Ok((
+            LoadedFunction::new(manifest, pre, paths.artifact.clone()),
+            new_artifact,
+        ))
     }
 }
 

@@ -77,15 +77,11 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let invocation_id = new_invocation_id();
-    let cold_start = !function
-        .served
-        .swap(true, std::sync::atomic::Ordering::AcqRel);
     let meter = Meter::start(
         node.metering().clone(),
         &function.name,
         function.manifest.version,
         &invocation_id,
-        cold_start,
     );
     let span = tracing::info_span!(
         "invocation",
@@ -242,7 +238,11 @@ where
         (guest_request, outparam)
     };
 
-    let pre = function.pre.clone();
+    let (pre, cold_start) = function
+        .code(node.linker())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    meter.update(|record| record.cold_start = cold_start);
     let task_meter = meter.clone();
     let task = tokio::spawn(
         async move {

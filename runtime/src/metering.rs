@@ -83,7 +83,7 @@ pub struct UsageRecord {
     pub outcome: Outcome,
     /// The HTTP status answered.
     pub status: u16,
-    /// Whether this was the first invocation of a freshly loaded version.
+    /// Whether the function's code had to be loaded for it (after an idle unload).
     pub cold_start: bool,
     /// Wall time from arrival to the end of the response, microseconds.
     pub wall_us: u64,
@@ -115,7 +115,6 @@ impl Meter {
         function: &str,
         version: u64,
         invocation_id: &str,
-        cold_start: bool,
     ) -> Arc<Meter> {
         Arc::new(Meter {
             metering,
@@ -128,7 +127,7 @@ impl Meter {
                 version,
                 outcome: Outcome::Ok,
                 status: 0,
-                cold_start,
+                cold_start: false,
                 wall_us: 0,
                 gpu_us: 0,
                 gpu_byte_seconds: 0.0,

@@ -41,6 +41,8 @@ pub struct NodeOptions {
     pub batching: flint_gpu::model::batcher::BatchOptions,
     /// Size at which the usage log rotates.
     pub usage_log_rotate_bytes: u64,
+    /// Unload a function's code after this long without invocations (`None`: never).
+    pub idle_unload: Option<std::time::Duration>,
 }
 
 /// What is served right now: functions by name and the route table built from them.
@@ -66,7 +68,7 @@ impl Served {
 /// A running Flint node (without its listeners; see [`crate::server`]).
 pub struct Node {
     engine: Engine,
-    linker: Linker<InvocationState>,
+    linker: Arc<Linker<InvocationState>>,
     registry: Registry,
     options: NodeOptions,
     served: RwLock<Arc<Served>>,
@@ -113,6 +115,10 @@ pub struct FunctionInfo {
     pub gpu_function_memory: Option<String>,
     /// Whether custom CUDA kernels are allowed.
     pub allow_kernels: bool,
+    /// Whether it is exempt from idle unloading.
+    pub keep_warm: bool,
+    /// Whether its code is in memory now (false after an idle unload).
+    pub loaded: bool,
     /// Names of the environment variables set (values are not shown).
     pub env: Vec<String>,
     /// SHA-256 of the component.
@@ -144,7 +150,7 @@ impl Node {
         std::fs::create_dir_all(&options.data_dir)
             .with_context(|| format!("creating the data dir {}", options.data_dir.display()))?;
         let engine = engine::build_engine(options.engine)?;
-        let linker = engine::build_linker(&engine)?;
+        let linker = Arc::new(engine::build_linker(&engine)?);
         let registry = Registry::open(&options.data_dir)?;
         let pool = flint_gpu::Pool::probe(options.gpu.clone());
         let models = Arc::new(crate::models::ModelRegistry::open(
@@ -181,6 +187,34 @@ impl Node {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The linker every function is instantiated against.
+    pub fn linker(&self) -> &Arc<Linker<InvocationState>> {
+        &self.linker
+    }
+
+    /// Unloads the code of every function idle for longer than `--idle-unload`, until the node
+    /// is dropped. Their next request reloads them (a cold start).
+    pub async fn unload_idle_functions(self: Arc<Self>) {
+        let Some(idle) = self.options.idle_unload else {
+            return;
+        };
+        let period = (idle / 4).clamp(
+            std::time::Duration::from_millis(10),
+            std::time::Duration::from_secs(5),
+        );
+        let node = Arc::downgrade(&self);
+        drop(self);
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(node) = node.upgrade() else { return };
+            for function in node.snapshot().functions.values() {
+                if function.unload_if_idle(idle) {
+                    tracing::info!(function = %function.name, "unloaded after being idle");
+                }
+            }
+        }
     }
 
     /// The GPU pool.
@@ -396,6 +430,8 @@ impl Node {
             gpu_memory: format_size(settings.gpu_memory_bytes),
             gpu_function_memory: settings.gpu_function_memory_bytes.map(format_size),
             allow_kernels: settings.allow_kernels,
+            keep_warm: settings.keep_warm,
+            loaded: function.is_loaded(),
             env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
             sha256: manifest.sha256.clone(),
             component_bytes: manifest.component_bytes,
@@ -511,7 +547,8 @@ impl Node {
         .map_err(|e| ApiError::internal(&anyhow!("registry task failed: {e}")))?
         .map_err(|e| ApiError::internal(&e))?;
 
-        let function = Arc::new(LoadedFunction::new(manifest, pre));
+        let artifact = self.registry.paths(name, manifest.version).artifact;
+        let function = Arc::new(LoadedFunction::new(manifest, pre, artifact));
         let served = self.snapshot().with(|functions| {
             functions.insert(name.to_string(), function.clone());
         });

@@ -59,6 +59,9 @@ pub struct FunctionSettings {
     /// Whether the function may compile and launch custom CUDA kernels.
     #[serde(default)]
     pub allow_kernels: bool,
+    /// Never unload it when idle (no cold starts).
+    #[serde(default)]
+    pub keep_warm: bool,
 }
 
 fn default_gpu_memory() -> u64 {
@@ -87,6 +90,7 @@ impl Default for FunctionSettings {
             gpu_memory_bytes: DEFAULT_GPU_MEMORY,
             gpu_function_memory_bytes: None,
             allow_kernels: false,
+            keep_warm: false,
         }
     }
 }
@@ -144,8 +148,9 @@ impl FunctionSettings {
                         Some(parse_size(value).context("setting `gpu_function_memory`")?)
                 }
                 "allow_kernels" => settings.allow_kernels = parse_flag("allow_kernels", value)?,
+                "keep_warm" => settings.keep_warm = parse_flag("keep_warm", value)?,
                 other => bail!(
-                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound, gpu_memory, gpu_function_memory, allow_kernels)"
+                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound, gpu_memory, gpu_function_memory, allow_kernels, keep_warm)"
                 ),
             }
         }
@@ -176,6 +181,9 @@ impl FunctionSettings {
         }
         if self.allow_kernels {
             query.append_pair("allow_kernels", "true");
+        }
+        if self.keep_warm {
+            query.append_pair("keep_warm", "true");
         }
         query.finish()
     }
@@ -270,6 +278,7 @@ mod tests {
             gpu_memory_bytes: 64 << 20,
             gpu_function_memory_bytes: Some(256 << 20),
             allow_kernels: true,
+            keep_warm: true,
         };
         assert_eq!(
             FunctionSettings::from_query(&settings.to_query()).unwrap(),

@@ -56,6 +56,9 @@ pub struct DeployArgs {
     /// other tenants and can read their device memory: grant it to trusted functions only.
     #[arg(long)]
     pub allow_kernels: bool,
+    /// Never unload it when idle (no cold starts, at the cost of memory).
+    #[arg(long)]
+    pub keep_warm: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -152,6 +155,7 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
             .transpose()
             .context("--gpu-function-memory")?,
         allow_kernels: args.allow_kernels,
+        keep_warm: args.keep_warm,
     };
     for route in &args.routes {
         settings
@@ -332,6 +336,8 @@ pub fn show(args: NameArgs) -> Result<ExitCode> {
         "gpu_memory",
         "gpu_function_memory",
         "allow_kernels",
+        "keep_warm",
+        "loaded",
         "env",
         "sha256",
         "component_bytes",

@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Run one request per forward pass (no dynamic batching).
     #[arg(long)]
     pub no_batching: bool,
+    /// Unload a function's code after this long without requests (its next request is a cold
+    /// start); `0` never unloads. `fnctl deploy --keep-warm` exempts a function.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_unload: Duration,
     /// Size at which the usage log (DATA/usage/usage.jsonl) rotates.
     #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
     pub usage_log_size: String,
@@ -82,6 +86,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 force_cpu: args.cpu_backend,
             },
             usage_log_rotate_bytes: parse_size(&args.usage_log_size)?,
+            idle_unload: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
             batching: flint_gpu::model::batcher::BatchOptions {
                 window: args.batch_window,
                 enabled: !args.no_batching,

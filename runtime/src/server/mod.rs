@@ -80,6 +80,7 @@ pub async fn serve(
     );
     tracing::info!("data in {}", data_dir.display());
 
+    let reaper = tokio::spawn(node.clone().unload_idle_functions());
     let loader = tokio::spawn({
         let node = node.clone();
         async move {
@@ -117,6 +118,7 @@ pub async fn serve(
     let _ = public_loop.await;
     let _ = admin_loop.await;
     loader.abort();
+    reaper.abort();
     let graceful = graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(graceful) = graceful {
         match tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await {
