@@ -28,10 +28,6 @@ fn require_f32(op: &str, tensor: &Tensor) -> GpuResult<()> {
     Ok(())
 }
 
-fn to_dims(shape: &[usize]) -> Vec<u32> {
-    shape.iter().map(|d| *d as u32).collect()
-}
-
 impl Session {
     fn cpu_f32(&self, shape: Vec<usize>, compute: impl FnOnce() -> Vec<f32>) -> GpuResult<Tensor> {
         let reservation = self.reserve((shape::elements(&shape) * 4) as u64)?;
@@ -246,10 +242,5 @@ impl Session {
                 lease.transpose(x, rows, cols, size)
             }),
         }
-    }
-
-    /// The shape as WIT dims.
-    pub fn dims(tensor: &Tensor) -> Vec<u32> {
-        to_dims(&tensor.shape)
     }
 }

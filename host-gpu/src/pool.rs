@@ -265,11 +265,6 @@ impl Session {
             .unwrap_or(0)
     }
 
-    /// Bytes this invocation holds now.
-    pub fn used_bytes(&self) -> u64 {
-        self.invocation.used()
-    }
-
     /// The most bytes this invocation held at once.
     pub fn peak_bytes(&self) -> u64 {
         self.invocation.peak()

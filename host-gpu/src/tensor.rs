@@ -18,6 +18,8 @@ pub struct Tensor {
     pub(crate) dtype: DType,
     pub(crate) shape: Vec<usize>,
     pub(crate) storage: Storage,
+    /// Held for its `Drop`, which gives the tensor's bytes back to every quota it charged.
+    #[expect(dead_code, reason = "held for its Drop")]
     pub(crate) reservation: Reservation,
 }
 
@@ -59,9 +61,9 @@ impl Tensor {
         (self.len() * self.dtype.size()) as u64
     }
 
-    /// Bytes charged to the quotas for it.
-    pub fn charged_bytes(&self) -> u64 {
-        self.reservation.bytes()
+    /// The dimensions as `u32` (the WIT `shape`).
+    pub fn dims(&self) -> Vec<u32> {
+        self.shape.iter().map(|d| *d as u32).collect()
     }
 
     /// `cpu` or `cuda`.

@@ -273,9 +273,9 @@ impl Node {
         let _ = self.public_addr.set(addr);
     }
 
-    /// Counts one more invocation and returns the node-wide total so far.
-    pub fn count_invocation(&self) -> u64 {
-        self.invocations.fetch_add(1, Ordering::Relaxed) + 1
+    /// Counts one more invocation.
+    pub fn count_invocation(&self) {
+        self.invocations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Invocations started since the node started.

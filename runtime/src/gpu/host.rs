@@ -151,12 +151,7 @@ impl types::HostTensor for GpuView<'_> {
     }
 
     async fn shape(&mut self, this: Resource<HostTensor>) -> wasmtime::Result<Vec<u32>> {
-        Ok(self
-            .tensor(&this)?
-            .shape()
-            .iter()
-            .map(|d| *d as u32)
-            .collect())
+        Ok(self.tensor(&this)?.dims())
     }
 
     async fn dtype(&mut self, this: Resource<HostTensor>) -> wasmtime::Result<Dtype> {

@@ -15,21 +15,28 @@ pub const MAX_TEXT_BYTES: usize = 8 << 20;
 
 type Answer<T> = wasmtime::Result<Result<T, Error>>;
 
-/// Runs token sequences through the model's batcher and waits for the vectors.
-async fn run_batched(
-    model: &crate::models::ResidentModel,
-    sequences: Vec<Vec<u32>>,
-) -> wasmtime::Result<Vec<Vec<f32>>> {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
-    model.batcher.submit(
-        sequences,
-        Box::new(move |vectors| {
-            let _ = sender.send(vectors);
-        }),
-    );
-    receiver
-        .await
-        .map_err(|_| wasmtime::format_err!("the model worker stopped"))
+impl GpuView<'_> {
+    /// Runs token sequences through the model's batcher and waits for the vectors, counting the
+    /// wait as the invocation's GPU time.
+    async fn run_batched(
+        &mut self,
+        model: &crate::models::ResidentModel,
+        sequences: Vec<Vec<u32>>,
+    ) -> wasmtime::Result<Vec<Vec<f32>>> {
+        let started = std::time::Instant::now();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        model.batcher.submit(
+            sequences,
+            Box::new(move |vectors| {
+                let _ = sender.send(vectors);
+            }),
+        );
+        let vectors = receiver
+            .await
+            .map_err(|_| wasmtime::format_err!("the model worker stopped"))?;
+        self.ctx.busy += started.elapsed();
+        Ok(vectors)
+    }
 }
 
 impl models::Host for GpuView<'_> {}
@@ -104,9 +111,7 @@ impl models::HostModel for GpuView<'_> {
             Err(error) => return Ok(Err(error)),
         };
         let batch = sequences.len();
-        let started = std::time::Instant::now();
-        let vectors = run_batched(&model, sequences).await?;
-        self.ctx.busy += started.elapsed();
+        let vectors = self.run_batched(&model, sequences).await?;
         let values: Vec<f32> = vectors.into_iter().flatten().collect();
         let dims = [batch as u32, model.model.dimension() as u32];
         match session.upload_f32(&dims, &values) {
@@ -144,9 +149,7 @@ impl models::HostModel for GpuView<'_> {
             Err(error) => return Ok(Err(Error::InvalidArgument(format!("{error:#}")))),
         };
         let tokens = sequences.iter().map(Vec::len).sum::<usize>() as u32;
-        let started = std::time::Instant::now();
-        let vectors = run_batched(&model, sequences).await?;
-        self.ctx.busy += started.elapsed();
+        let vectors = self.run_batched(&model, sequences).await?;
         Ok(Ok(Embeddings { vectors, tokens }))
     }
 
