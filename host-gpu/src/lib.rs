@@ -26,7 +26,7 @@ mod tensor;
 
 pub use dtype::DType;
 pub use error::{ErrorKind, GpuError, GpuResult};
-pub use memory::{MemoryBudget, Reservation};
+pub use memory::{Holdings, MemoryBudget, Reservation};
 pub use ops::UnaryOp;
 pub use pool::{DeviceInfo, Kernel, KernelArg, Pool, PoolOptions, Session, SessionLimits};
 pub use tensor::Tensor;

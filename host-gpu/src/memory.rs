@@ -138,6 +138,52 @@ impl Drop for Reservation {
     }
 }
 
+/// What one holder (a function) has allocated on each device, for operators: unlimited
+/// budgets, one per device index, made on first use and charged like any other budget.
+#[derive(Debug)]
+pub struct Holdings {
+    name: String,
+    per_device: Mutex<Vec<(usize, Arc<MemoryBudget>)>>,
+}
+
+impl Holdings {
+    /// Holdings of the holder called `name`.
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Holdings {
+            name: name.into(),
+            per_device: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The budget that tracks this holder on device `index`.
+    pub fn on_device(&self, index: usize) -> Arc<MemoryBudget> {
+        let mut per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, budget)) = per_device.iter().find(|(i, _)| *i == index) {
+            return budget.clone();
+        }
+        let budget = MemoryBudget::new(format!("{}'s GPU memory", self.name), u64::MAX);
+        per_device.push((index, budget.clone()));
+        budget
+    }
+
+    /// Bytes held now, by device index (devices it holds nothing on are left out).
+    pub fn by_device(&self) -> Vec<(usize, u64)> {
+        let per_device = self.per_device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut held: Vec<_> = per_device
+            .iter()
+            .map(|(index, budget)| (*index, budget.used()))
+            .filter(|(_, bytes)| *bytes > 0)
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
+    /// Bytes held now on all devices.
+    pub fn total(&self) -> u64 {
+        self.by_device().iter().map(|(_, bytes)| bytes).sum()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +235,21 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         assert_eq!(invocation.byte_seconds(), held);
         assert_eq!(invocation.peak(), 300);
+    }
+
+    #[test]
+    fn holdings_track_each_device_and_release() {
+        let holdings = Holdings::new("function `f`");
+        let device0 = MemoryBudget::new("device 0", 1000);
+        let device1 = MemoryBudget::new("device 1", 1000);
+        let a = Reservation::new(&[holdings.on_device(0), device0], 100).unwrap();
+        let b = Reservation::new(&[holdings.on_device(1), device1.clone()], 250).unwrap();
+        assert_eq!(holdings.by_device(), vec![(0, 100), (1, 250)]);
+        assert_eq!(holdings.total(), 350);
+        drop(a);
+        assert_eq!(holdings.by_device(), vec![(1, 250)]);
+        drop(b);
+        assert_eq!(holdings.total(), 0);
+        assert_eq!(device1.used(), 0);
     }
 }

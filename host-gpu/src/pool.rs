@@ -4,10 +4,12 @@ use crate::cpu::CpuBuffer;
 use crate::cuda::{self, CudaDevice};
 use crate::dtype::DType;
 use crate::error::{ErrorKind, GpuError, GpuResult};
-use crate::memory::{MemoryBudget, Reservation};
+use crate::memory::{Holdings, MemoryBudget, Reservation};
 use crate::shape;
 use crate::tensor::{Storage, Tensor};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// How the pool is set up.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct DeviceInfo {
     pub used_bytes: u64,
     /// The most bytes used at once.
     pub peak_bytes: u64,
+    /// Time spent in GPU work on it since the node started, summed over invocations.
+    pub busy: Duration,
 }
 
 enum Backend {
@@ -52,6 +56,8 @@ enum Backend {
 /// The GPU pool: every device, shared by every invocation.
 pub struct Pool {
     backend: Backend,
+    /// Microseconds of GPU work per device index.
+    busy_us: Vec<AtomicU64>,
     /// Why CUDA is not used, when it is not.
     cpu_reason: Option<String>,
 }
@@ -74,6 +80,8 @@ pub struct SessionLimits {
     pub function: Option<Arc<MemoryBudget>>,
     /// Whether custom kernels may be compiled and launched.
     pub allow_kernels: bool,
+    /// Where what the session allocates is shown per holder (the function), if anywhere.
+    pub holder: Option<Arc<Holdings>>,
 }
 
 enum Placement {
@@ -88,6 +96,7 @@ pub struct Session {
     invocation: Arc<MemoryBudget>,
     allow_kernels: bool,
     device_name: String,
+    device_index: usize,
 }
 
 /// A compiled custom kernel.
@@ -134,6 +143,7 @@ impl Pool {
                     );
                 }
                 Pool {
+                    busy_us: devices.iter().map(|_| AtomicU64::new(0)).collect(),
                     backend: Backend::Cuda { devices },
                     cpu_reason: None,
                 }
@@ -152,6 +162,7 @@ impl Pool {
 
     fn cpu(options: &PoolOptions, reason: String) -> Pool {
         Pool {
+            busy_us: vec![AtomicU64::new(0)],
             backend: Backend::Cpu {
                 budget: MemoryBudget::new("CPU backend's memory", options.cpu_memory_bytes),
             },
@@ -190,6 +201,7 @@ impl Pool {
                 capacity_bytes: budget.limit(),
                 used_bytes: budget.used(),
                 peak_bytes: budget.peak(),
+                busy: self.busy(0),
             }],
             Backend::Cuda { devices } => devices
                 .iter()
@@ -201,8 +213,23 @@ impl Pool {
                     capacity_bytes: d.budget().limit(),
                     used_bytes: d.budget().used(),
                     peak_bytes: d.budget().peak(),
+                    busy: self.busy(index),
                 })
                 .collect(),
+        }
+    }
+
+    /// Time spent in GPU work on device `index` since the pool was made.
+    pub fn busy(&self, index: usize) -> Duration {
+        self.busy_us.get(index).map_or(Duration::ZERO, |us| {
+            Duration::from_micros(us.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Adds `duration` of GPU work to device `index`'s busy time.
+    pub fn record_busy(&self, index: usize, duration: Duration) {
+        if let Some(us) = self.busy_us.get(index) {
+            us.fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
         }
     }
 
@@ -217,27 +244,30 @@ impl Pool {
             MemoryBudget::new("invocation's GPU memory quota", limits.invocation_bytes);
         let mut budgets = vec![invocation.clone()];
         budgets.extend(limits.function.clone());
-        let (placement, device_name) = match &self.backend {
+        let (placement, device_name, device_index) = match &self.backend {
             Backend::Cpu { budget } => {
                 budgets.push(budget.clone());
-                (Placement::Cpu, "CPU backend".to_string())
+                (Placement::Cpu, "CPU backend".to_string(), 0)
             }
             Backend::Cuda { devices } => {
-                let device = devices
+                let (index, device) = devices
                     .iter()
-                    .min_by_key(|d| (d.budget().used(), d.active_sessions()))
+                    .enumerate()
+                    .min_by_key(|(_, d)| (d.budget().used(), d.active_sessions()))
                     .expect("a CUDA pool has devices");
                 budgets.push(device.budget().clone());
                 let lease = device.lease_stream()?;
-                (Placement::Cuda(lease), device.name().to_string())
+                (Placement::Cuda(lease), device.name().to_string(), index)
             }
         };
+        budgets.extend(limits.holder.as_ref().map(|h| h.on_device(device_index)));
         Ok(Session {
             placement,
             budgets,
             invocation,
             allow_kernels: limits.allow_kernels,
             device_name,
+            device_index,
         })
     }
 }
@@ -254,6 +284,11 @@ impl Session {
     /// The device's name.
     pub fn device_name(&self) -> &str {
         &self.device_name
+    }
+
+    /// The device's index in the pool.
+    pub fn device_index(&self) -> usize {
+        self.device_index
     }
 
     /// Bytes this invocation may still allocate (the tightest of its budgets).

@@ -2,13 +2,14 @@
 
 mod common;
 
-use flint_gpu::{ErrorKind, MemoryBudget, Pool, SessionLimits};
+use flint_gpu::{ErrorKind, Holdings, MemoryBudget, Pool, SessionLimits};
 
 fn limits(bytes: u64) -> SessionLimits {
     SessionLimits {
         invocation_bytes: bytes,
         function: None,
         allow_kernels: false,
+        holder: None,
     }
 }
 
@@ -31,14 +32,17 @@ fn quotas_are_enforced_before_allocating_and_memory_returns() {
     let pool = Pool::cpu_only(10 << 20);
     let function = MemoryBudget::new("function's GPU memory quota", 5 << 20);
     let before = pool.used_bytes();
+    let holdings = Holdings::new("function `f`");
     let session = pool
         .session(SessionLimits {
             invocation_bytes: 4 << 20,
             function: Some(function.clone()),
             allow_kernels: false,
+            holder: Some(holdings.clone()),
         })
         .unwrap();
     let big = session.zeros(flint_gpu::DType::F32, &[512, 1024]).unwrap(); // 2 MiB
+    assert_eq!(holdings.by_device(), vec![(0, 2 << 20)]);
     let error = session
         .zeros(flint_gpu::DType::F32, &[1024, 1024])
         .unwrap_err(); // 4 MiB more
@@ -59,6 +63,7 @@ fn quotas_are_enforced_before_allocating_and_memory_returns() {
             invocation_bytes: 4 << 20,
             function: Some(function.clone()),
             allow_kernels: false,
+            holder: None,
         })
         .unwrap();
     let error = other
@@ -75,6 +80,7 @@ fn quotas_are_enforced_before_allocating_and_memory_returns() {
     drop(other);
     assert_eq!(pool.used_bytes(), before, "every byte comes back");
     assert_eq!(function.used(), 0);
+    assert_eq!(holdings.total(), 0);
 }
 
 #[test]
@@ -97,6 +103,7 @@ fn custom_kernels_need_the_capability_and_a_gpu() {
             invocation_bytes: 1 << 20,
             function: None,
             allow_kernels: true,
+            holder: None,
         })
         .unwrap();
     let error = allowed

@@ -20,6 +20,8 @@ pub enum ErrorKind {
     Conflict,
     /// A body or upload is larger than allowed: 413.
     PayloadTooLarge,
+    /// The function has spent its GPU budget for the current period: 429 with `Retry-After`.
+    BudgetExhausted,
     /// The function's queue is full or the node is out of instance slots: 503 with `Retry-After`.
     Overloaded,
     /// The node (or a function) is still loading or shutting down: 503.
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::BudgetExhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::GuestTrap | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,

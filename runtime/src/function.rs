@@ -7,7 +7,7 @@
 
 use crate::host::InvocationState;
 use crate::registry::{Manifest, VersionPaths};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Limit, Scheduler};
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
 use wasmtime::Engine;
@@ -34,6 +34,19 @@ pub struct LoadedFunction {
     pub scheduler: Scheduler,
     /// The GPU memory quota all running invocations of this version share, if set.
     pub gpu_budget: Option<Arc<flint_gpu::MemoryBudget>>,
+    /// Whether its component imports `flint:gpu` (GPU limits and budgets apply to it).
+    pub uses_gpu: bool,
+    /// What its invocations hold on each device, for `fnctl gpu` (shared by its versions).
+    pub holdings: Arc<flint_gpu::Holdings>,
+}
+
+/// What a function shares with the node and its other versions.
+#[derive(Debug, Clone)]
+pub struct NodeShare {
+    /// The node-wide limit on GPU invocations running at once.
+    pub gpu_slots: Limit,
+    /// What the function holds on each device.
+    pub holdings: Arc<flint_gpu::Holdings>,
 }
 
 fn now_ms() -> u64 {
@@ -57,12 +70,20 @@ impl LoadedFunction {
         manifest: Manifest,
         pre: ProxyPre<InvocationState>,
         artifact: std::path::PathBuf,
+        share: NodeShare,
     ) -> Self {
         let settings = &manifest.settings;
+        let uses_gpu = imports_gpu(&pre);
+        let mut scheduler = Scheduler::new(settings.max_concurrency, settings.queue_depth);
+        if uses_gpu {
+            scheduler = scheduler.with_gpu_limits(settings.max_gpu_concurrency, share.gpu_slots);
+        }
         LoadedFunction {
             name: Arc::from(manifest.name.as_str()),
             env: Arc::from(settings.env.clone()),
-            scheduler: Scheduler::new(settings.max_concurrency, settings.queue_depth),
+            scheduler,
+            uses_gpu,
+            holdings: share.holdings,
             gpu_budget: settings
                 .gpu_function_memory_bytes
                 .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),
@@ -139,6 +160,7 @@ impl LoadedFunction {
         linker: &Linker<InvocationState>,
         manifest: Manifest,
         paths: &VersionPaths,
+        share: NodeShare,
     ) -> Result<(Self, Option<Vec<u8>>)> {
         // SAFETY: the artifact was written by this node's registry from a component this node
         // compiled itself; wasmtime checks it matches this engine's version and settings.
@@ -160,7 +182,7 @@ impl LoadedFunction {
         };
         let pre = pre_instantiate(linker, &component)?;
         Ok((
-            LoadedFunction::new(manifest, pre, paths.artifact.clone()),
+            LoadedFunction::new(manifest, pre, paths.artifact.clone(), share),
             new_artifact,
         ))
     }
@@ -183,6 +205,16 @@ pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {
         bail!("not a WebAssembly component (unknown binary version/layer)");
     }
     Component::new(engine, bytes).map_err(|e| anyhow!("the component does not compile: {e:#}"))
+}
+
+/// Whether the component imports any `flint:gpu` interface.
+fn imports_gpu(pre: &ProxyPre<InvocationState>) -> bool {
+    let instance_pre = pre.instance_pre();
+    instance_pre
+        .component()
+        .component_type()
+        .imports(instance_pre.engine())
+        .any(|(name, _)| name.starts_with("flint:gpu/"))
 }
 
 /// Links a component against the node's linker and checks it is a `wasi:http` proxy.

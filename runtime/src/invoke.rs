@@ -4,10 +4,11 @@
 
 use crate::error::{ApiError, ErrorKind};
 use crate::function::LoadedFunction;
+use crate::gpu_budget::{GpuBudget, GpuSpend};
 use crate::host::{InvocationInfo, InvocationState};
 use crate::metering::{Meter, Outcome};
 use crate::node::Node;
-use crate::scheduler::Rejected;
+use crate::scheduler::{Gate, Rejected};
 use crate::units::{format_duration, format_size};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -171,26 +172,19 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let settings = &function.manifest.settings;
-    let admission =
-        function.scheduler.admit().await.map_err(|rejected| {
-            match rejected {
-        Rejected::QueueFull => ApiError::new(
-            ErrorKind::Overloaded,
-            format!(
-                "function `{}` is at its concurrency limit ({} running, {} queued); retry later",
-                function.name,
-                settings.max_concurrency,
-                settings.queue_depth
-            ),
-        )
-        .retry_after(1),
-        Rejected::Closed => ApiError::new(
-            ErrorKind::Unavailable,
-            format!("function `{}` is shutting down", function.name),
-        )
-        .retry_after(1),
-    }
-        })?;
+    let budget = match settings.gpu_budget {
+        Some(budget) => {
+            let spend = node.gpu_spend(&function.name);
+            check_gpu_budget(function, &budget, &spend)?;
+            Some((budget, spend))
+        }
+        None => None,
+    };
+    let admission = function
+        .scheduler
+        .admit()
+        .await
+        .map_err(|rejected| admission_error(function, rejected))?;
 
     let request = read_body(request, settings.max_body_bytes).await?;
     let bytes_in = hyper::body::Body::size_hint(request.body())
@@ -211,6 +205,7 @@ where
             invocation_bytes: settings.gpu_memory_bytes,
             function: function.gpu_budget.clone(),
             allow_kernels: settings.allow_kernels,
+            holder: Some(function.holdings.clone()),
         },
     };
     let timeout = settings.timeout();
@@ -260,6 +255,10 @@ where
             let memory_peak = store.data().limiter.peak_bytes as u64;
             let gpu = store.data().gpu_usage();
             drop(store);
+            if let Some((budget, spend)) = budget {
+                let gpu_us = gpu.busy.as_micros() as u64;
+                spend.charge(&budget, crate::gpu_budget::now_ms(), gpu_us);
+            }
             task_meter.update(|record| {
                 record.memory_peak_bytes = memory_peak;
                 record.gpu_us = gpu.busy.as_micros() as u64;
@@ -290,6 +289,65 @@ where
             Err(classify_failure(function, outcome, memory_denied, timeout))
         }
     }
+}
+
+/// 429 once the function has spent its GPU budget for the current period.
+fn check_gpu_budget(
+    function: &LoadedFunction,
+    budget: &GpuBudget,
+    spend: &GpuSpend,
+) -> Result<(), ApiError> {
+    let now = crate::gpu_budget::now_ms();
+    let Err(exhausted) = spend.check(budget, now) else {
+        return Ok(());
+    };
+    let resets_in = std::time::Duration::from_millis(exhausted.resets_at_ms.saturating_sub(now));
+    let resets_at =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(exhausted.resets_at_ms);
+    Err(ApiError::new(
+        ErrorKind::BudgetExhausted,
+        format!(
+            "function `{}` has spent its GPU budget of {} ({:.3}s used this period); it resets at {} (in {})",
+            function.name,
+            budget.render(),
+            exhausted.used_us as f64 / 1e6,
+            humantime::format_rfc3339_seconds(resets_at),
+            format_duration(std::time::Duration::from_secs(resets_in.as_secs_f64().ceil() as u64)),
+        ),
+    )
+    .retry_after(resets_in.as_secs_f64().ceil().max(1.0) as u32))
+}
+
+/// The 503 for a request that found a limit reached and the queue full, naming the limit.
+fn admission_error(function: &LoadedFunction, rejected: Rejected) -> ApiError {
+    let settings = &function.manifest.settings;
+    let name = &function.name;
+    let scheduler = &function.scheduler;
+    let message = match rejected {
+        Rejected::Closed => {
+            return ApiError::new(
+                ErrorKind::Unavailable,
+                format!("function `{name}` is shutting down"),
+            )
+            .retry_after(1);
+        }
+        Rejected::QueueFull(Gate::Function) => format!(
+            "function `{name}` is at its concurrency limit ({} running, {} queued); retry later",
+            settings.max_concurrency, settings.queue_depth
+        ),
+        Rejected::QueueFull(Gate::FunctionGpu) => format!(
+            "function `{name}` is at its GPU concurrency limit ({} running, {} queued); retry later",
+            scheduler.limit(Gate::FunctionGpu).unwrap_or_default(),
+            settings.queue_depth
+        ),
+        Rejected::QueueFull(Gate::NodeGpu) => format!(
+            "the node is at its limit of {} GPU invocations at once and function `{name}`'s queue \
+             ({} requests) is full; retry later",
+            scheduler.limit(Gate::NodeGpu).unwrap_or_default(),
+            settings.queue_depth
+        ),
+    };
+    ApiError::new(ErrorKind::Overloaded, message).retry_after(1)
 }
 
 /// Reads a whole body of at most `limit` bytes: 413 if `Content-Length` says more (before

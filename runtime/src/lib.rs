@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod function;
 pub mod gpu;
+pub mod gpu_budget;
 pub mod guest_log;
 pub mod host;
 pub mod invoke;

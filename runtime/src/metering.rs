@@ -9,7 +9,8 @@
 
 use dashmap::DashMap;
 use prometheus::{
-    CounterVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -51,7 +52,7 @@ impl Outcome {
         match kind {
             GuestTrap => Outcome::Trap,
             Timeout => Outcome::Timeout,
-            Overloaded | Unavailable | PayloadTooLarge => Outcome::Rejected,
+            Overloaded | Unavailable | PayloadTooLarge | BudgetExhausted => Outcome::Rejected,
             _ => Outcome::Error,
         }
     }
@@ -246,6 +247,10 @@ pub struct Metrics {
     pub gpu_memory: IntGaugeVec,
     /// Models resident (set at scrape time).
     pub models: IntGauge,
+    /// Time spent in GPU work per device since the node started (set at scrape time).
+    pub gpu_busy: GaugeVec,
+    /// GPU invocations running node-wide (set at scrape time).
+    pub gpu_invocations: IntGauge,
 }
 
 impl Metrics {
@@ -294,6 +299,19 @@ impl Metrics {
             &["device", "name"],
         )?;
         let models = IntGauge::new("flint_models_resident", "Models resident in the pool")?;
+        let gpu_busy = GaugeVec::new(
+            Opts::new(
+                "flint_gpu_device_busy_seconds",
+                "Time spent in GPU work on each device since the node started, summed over invocations",
+            ),
+            &["device", "name"],
+        )?;
+        let gpu_invocations = IntGauge::new(
+            "flint_gpu_invocations_running",
+            "GPU invocations holding a slot of the node-wide GPU limit",
+        )?;
+        registry.register(Box::new(gpu_busy.clone()))?;
+        registry.register(Box::new(gpu_invocations.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(cold_starts.clone()))?;
@@ -314,6 +332,8 @@ impl Metrics {
             queued,
             gpu_memory,
             models,
+            gpu_busy,
+            gpu_invocations,
         })
     }
 

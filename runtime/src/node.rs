@@ -4,11 +4,13 @@
 
 use crate::engine::{self, EngineOptions, EpochTicker};
 use crate::error::{ApiError, ErrorKind};
-use crate::function::{self, LoadedFunction};
+use crate::function::{self, LoadedFunction, NodeShare};
+use crate::gpu_budget::GpuSpend;
 use crate::host::InvocationState;
 use crate::names;
 use crate::registry::{Manifest, Registry};
 use crate::router::{RouteMatch, RouteTable};
+use crate::scheduler::Limit;
 use crate::settings::FunctionSettings;
 use crate::units::{format_duration, format_size};
 use anyhow::{Context, Result, anyhow};
@@ -43,7 +45,12 @@ pub struct NodeOptions {
     pub usage_log_rotate_bytes: u64,
     /// Unload a function's code after this long without invocations (`None`: never).
     pub idle_unload: Option<std::time::Duration>,
+    /// GPU invocations (of functions importing `flint:gpu`) running at once, node-wide.
+    pub max_gpu_concurrency: u32,
 }
+
+/// Default node-wide limit on GPU invocations running at once.
+pub const DEFAULT_MAX_GPU_CONCURRENCY: u32 = 64;
 
 /// What is served right now: functions by name and the route table built from them.
 #[derive(Default)]
@@ -81,6 +88,12 @@ pub struct Node {
     models: Arc<crate::models::ModelRegistry>,
     metering: Arc<crate::metering::Metering>,
     guest_logs: crate::guest_log::GuestLogs,
+    gpu_slots: Limit,
+    /// What each function holds on the GPU devices, by function name.
+    holdings: dashmap::DashMap<String, Arc<flint_gpu::Holdings>>,
+    /// What each function with a GPU budget spent of it, by function name.
+    gpu_spend: dashmap::DashMap<String, Arc<GpuSpend>>,
+    utilization: crate::gpu::utilization::Sampler,
     _epoch: EpochTicker,
 }
 
@@ -117,6 +130,12 @@ pub struct FunctionInfo {
     pub allow_kernels: bool,
     /// Whether it is exempt from idle unloading.
     pub keep_warm: bool,
+    /// Whether its component imports `flint:gpu` (GPU limits and budgets apply).
+    pub uses_gpu: bool,
+    /// Its GPU invocations at once, if limited.
+    pub max_gpu_concurrency: Option<u32>,
+    /// Its GPU budget, e.g. `30s/1h`, if it has one.
+    pub gpu_budget: Option<String>,
     /// Whether its code is in memory now (false after an idle unload).
     pub loaded: bool,
     /// Names of the environment variables set (values are not shown).
@@ -161,6 +180,10 @@ impl Node {
             crate::metering::Metering::open(&options.data_dir, options.usage_log_rotate_bytes)?;
         let guest_logs = crate::guest_log::GuestLogs::open(&options.data_dir)?;
         Ok(Arc::new(Node {
+            gpu_slots: Limit::new(options.max_gpu_concurrency),
+            holdings: Default::default(),
+            gpu_spend: Default::default(),
+            utilization: crate::gpu::utilization::Sampler::new(pool.devices().len()),
             pool,
             models,
             metering,
@@ -237,6 +260,56 @@ impl Node {
         &self.metering
     }
 
+    /// The node-wide GPU concurrency limit.
+    pub fn gpu_slots(&self) -> &Limit {
+        &self.gpu_slots
+    }
+
+    /// What `name` shares with the node and its other versions.
+    fn share(&self, name: &str) -> NodeShare {
+        NodeShare {
+            gpu_slots: self.gpu_slots.clone(),
+            holdings: self
+                .holdings
+                .entry(name.to_string())
+                .or_insert_with(|| flint_gpu::Holdings::new(format!("function `{name}`")))
+                .clone(),
+        }
+    }
+
+    /// What `name` spent of its GPU budget (a fresh account the first time).
+    pub fn gpu_spend(&self, name: &str) -> Arc<GpuSpend> {
+        self.gpu_spend
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(GpuSpend::new()))
+            .clone()
+    }
+
+    /// Recent GPU utilization per device.
+    pub fn utilization(&self) -> &crate::gpu::utilization::Sampler {
+        &self.utilization
+    }
+
+    /// Samples GPU busy time every second (for utilization), until the node is dropped.
+    pub async fn sample_gpu_utilization(self: Arc<Self>) {
+        let node = Arc::downgrade(&self);
+        drop(self);
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some(node) = node.upgrade() else { return };
+            node.utilization.sample(&node.pool);
+        }
+    }
+
+    /// Every served function, by name.
+    pub fn functions(&self) -> Vec<Arc<LoadedFunction>> {
+        let served = self.snapshot();
+        let mut functions: Vec<_> = served.functions.values().cloned().collect();
+        functions.sort_by(|a, b| a.name.cmp(&b.name));
+        functions
+    }
+
     /// The Prometheus text of the node's metrics (gauges refreshed now).
     pub fn render_metrics(&self) -> String {
         let metrics = &self.metering.metrics;
@@ -254,11 +327,17 @@ impl Node {
                 .set(function.scheduler.queued() as i64);
         }
         for device in self.pool.devices() {
+            let labels = [device.index.to_string(), device.name.clone()];
             metrics
                 .gpu_memory
-                .with_label_values(&[&device.index.to_string(), &device.name])
+                .with_label_values(&labels)
                 .set(device.used_bytes as i64);
+            metrics
+                .gpu_busy
+                .with_label_values(&labels)
+                .set(device.busy.as_secs_f64());
         }
+        metrics.gpu_invocations.set(self.gpu_slots.taken() as i64);
         metrics.models.set(self.models.list().len() as i64);
         let mut text = String::new();
         let encoder = prometheus::TextEncoder::new();
@@ -333,6 +412,7 @@ impl Node {
                 }
             }
         }
+        self.restore_gpu_spend(&loaded);
         let _guard = self.changes.lock().await;
         let count = loaded.len();
         let served = self.snapshot().with(|functions| {
@@ -350,6 +430,29 @@ impl Node {
         Ok(())
     }
 
+    /// Rebuilds what functions with a GPU budget spent in the current window from the usage
+    /// log, so a restart does not hand out a fresh budget.
+    fn restore_gpu_spend(&self, functions: &[LoadedFunction]) {
+        let now = crate::gpu_budget::now_ms();
+        for function in functions {
+            let Some(budget) = function.manifest.settings.gpu_budget else {
+                continue;
+            };
+            let since =
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(budget.window_start(now));
+            match self.metering.read_usage(Some(&function.name), Some(since)) {
+                Ok(records) => {
+                    let spent: u64 = records.iter().map(|r| r.gpu_us).sum();
+                    self.gpu_spend(&function.name).charge(&budget, now, spent);
+                }
+                Err(error) => tracing::warn!(
+                    function = %function.name,
+                    "cannot restore the GPU budget from the usage log: {error:#}"
+                ),
+            }
+        }
+    }
+
     fn load_current(&self, name: &str) -> Result<LoadedFunction> {
         let version = self
             .registry
@@ -361,9 +464,14 @@ impl Node {
     fn load_version(&self, name: &str, version: u64) -> Result<LoadedFunction> {
         let manifest = self.registry.manifest(name, version)?;
         let paths = self.registry.paths(name, version);
-        let (function, new_artifact) =
-            LoadedFunction::load(&self.engine, &self.linker, manifest, &paths)
-                .with_context(|| format!("loading `{name}` version {version}"))?;
+        let (function, new_artifact) = LoadedFunction::load(
+            &self.engine,
+            &self.linker,
+            manifest,
+            &paths,
+            self.share(name),
+        )
+        .with_context(|| format!("loading `{name}` version {version}"))?;
         if let Some(artifact) = new_artifact {
             self.registry.replace_artifact(name, version, &artifact)?;
         }
@@ -431,6 +539,9 @@ impl Node {
             gpu_function_memory: settings.gpu_function_memory_bytes.map(format_size),
             allow_kernels: settings.allow_kernels,
             keep_warm: settings.keep_warm,
+            uses_gpu: function.uses_gpu,
+            max_gpu_concurrency: settings.max_gpu_concurrency,
+            gpu_budget: settings.gpu_budget.map(|b| b.render()),
             loaded: function.is_loaded(),
             env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
             sha256: manifest.sha256.clone(),
@@ -548,7 +659,12 @@ impl Node {
         .map_err(|e| ApiError::internal(&e))?;
 
         let artifact = self.registry.paths(name, manifest.version).artifact;
-        let function = Arc::new(LoadedFunction::new(manifest, pre, artifact));
+        let function = Arc::new(LoadedFunction::new(
+            manifest,
+            pre,
+            artifact,
+            self.share(name),
+        ));
         let served = self.snapshot().with(|functions| {
             functions.insert(name.to_string(), function.clone());
         });
@@ -643,6 +759,8 @@ impl Node {
             .await
             .map_err(|e| ApiError::internal(&anyhow!("remove task failed: {e}")))?
             .map_err(|e| ApiError::internal(&e))?;
+        self.gpu_spend.remove(name);
+        self.holdings.remove(name);
         tracing::info!(function = name, "removed");
         Ok(())
     }

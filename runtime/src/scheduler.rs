@@ -1,72 +1,166 @@
 //! Admission control for one function: at most `max_concurrency` invocations run at once, at
 //! most `queue_depth` wait for a slot, and anything beyond is refused at once (503 with
 //! `Retry-After`), so a burst never turns into an unbounded queue.
+//!
+//! A GPU function (its component imports `flint:gpu`) also needs a slot of its own GPU limit
+//! (`--max-gpu-concurrency`) and one of the node-wide GPU limit; waiting for any of them counts
+//! against the same bounded queue. Slots are always taken in the same order (function, its GPU
+//! limit, the node's), so waiters never deadlock.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// A limit on invocations running at once: the slots and how many there are.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    slots: Arc<Semaphore>,
+    size: usize,
+}
+
+impl Limit {
+    /// A limit of `size` (at least 1) invocations at once.
+    pub fn new(size: u32) -> Self {
+        let size = size.max(1) as usize;
+        Limit {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// How many may run at once.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How many hold a slot now.
+    pub fn taken(&self) -> usize {
+        self.size - self.slots.available_permits()
+    }
+}
+
 /// The slots and the waiting line of one function.
 #[derive(Debug)]
 pub struct Scheduler {
-    slots: Arc<Semaphore>,
-    max_concurrency: usize,
+    slots: Limit,
+    /// The function's own GPU limit (GPU functions with `max_gpu_concurrency` only).
+    gpu_slots: Option<Limit>,
+    /// The node-wide GPU limit (GPU functions only).
+    node_gpu_slots: Option<Limit>,
     queue_depth: usize,
     queued: AtomicUsize,
+    running: Arc<AtomicUsize>,
+}
+
+/// Which limit a request is waiting for or was refused by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// The function's `max_concurrency`.
+    Function,
+    /// The function's `max_gpu_concurrency`.
+    FunctionGpu,
+    /// The node's `--max-gpu-concurrency`.
+    NodeGpu,
 }
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejected {
-    /// Every slot is busy and the queue is full.
-    QueueFull,
+    /// The limit named is reached and the queue is full.
+    QueueFull(Gate),
     /// The function is being removed or the node is shutting down.
     Closed,
 }
 
-/// A running slot; the slot frees when this drops.
+/// A running slot; the slots free when this drops.
 #[derive(Debug)]
 pub struct Admission {
-    _permit: OwnedSemaphorePermit,
+    _permits: Vec<OwnedSemaphorePermit>,
+    running: Arc<AtomicUsize>,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Scheduler {
     /// A scheduler with `max_concurrency` slots and room for `queue_depth` waiters.
     pub fn new(max_concurrency: u32, queue_depth: u32) -> Self {
-        let max_concurrency = max_concurrency.max(1) as usize;
         Scheduler {
-            slots: Arc::new(Semaphore::new(max_concurrency)),
-            max_concurrency,
+            slots: Limit::new(max_concurrency),
+            gpu_slots: None,
+            node_gpu_slots: None,
             queue_depth: queue_depth as usize,
             queued: AtomicUsize::new(0),
+            running: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    /// Takes a slot, waiting in the queue if there is room in it.
+    /// Makes admission also take a slot of the function's own GPU limit (if it has one) and of
+    /// the node's GPU limit: for functions that use the GPU.
+    pub fn with_gpu_limits(mut self, function: Option<u32>, node: Limit) -> Self {
+        self.gpu_slots = function.map(Limit::new);
+        self.node_gpu_slots = Some(node);
+        self
+    }
+
+    /// The limits admission goes through, in the order their slots are taken.
+    fn gates(&self) -> impl Iterator<Item = (&Limit, Gate)> {
+        std::iter::once((&self.slots, Gate::Function))
+            .chain(self.gpu_slots.iter().map(|l| (l, Gate::FunctionGpu)))
+            .chain(self.node_gpu_slots.iter().map(|l| (l, Gate::NodeGpu)))
+    }
+
+    /// The size of the limit `gate`, if this function goes through it.
+    pub fn limit(&self, gate: Gate) -> Option<usize> {
+        self.gates()
+            .find(|(_, g)| *g == gate)
+            .map(|(l, _)| l.size())
+    }
+
+    /// Takes a slot of every limit, waiting in the queue if there is room in it.
     pub async fn admit(&self) -> Result<Admission, Rejected> {
-        match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(Admission { _permit: permit }),
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Rejected::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+        let mut permits = Vec::with_capacity(3);
+        let mut blocked = None;
+        for (index, (limit, gate)) in self.gates().enumerate() {
+            match limit.slots.clone().try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(tokio::sync::TryAcquireError::Closed) => return Err(Rejected::Closed),
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    blocked = Some((index, gate));
+                    break;
+                }
+            }
         }
-        let reserved = self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
-                (queued < self.queue_depth).then_some(queued + 1)
-            });
-        if reserved.is_err() {
-            return Err(Rejected::QueueFull);
+        if let Some((index, gate)) = blocked {
+            let reserved =
+                self.queued
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                        (queued < self.queue_depth).then_some(queued + 1)
+                    });
+            if reserved.is_err() {
+                return Err(Rejected::QueueFull(gate));
+            }
+            let _leave_queue = LeaveQueue(&self.queued);
+            for (limit, _) in self.gates().skip(index) {
+                match limit.slots.clone().acquire_owned().await {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => return Err(Rejected::Closed),
+                }
+            }
         }
-        let _leave_queue = LeaveQueue(&self.queued);
-        match self.slots.clone().acquire_owned().await {
-            Ok(permit) => Ok(Admission { _permit: permit }),
-            Err(_) => Err(Rejected::Closed),
-        }
+        self.running.fetch_add(1, Ordering::AcqRel);
+        Ok(Admission {
+            _permits: permits,
+            running: self.running.clone(),
+        })
     }
 
     /// Invocations running now.
     pub fn running(&self) -> usize {
-        self.max_concurrency - self.slots.available_permits()
+        self.running.load(Ordering::Acquire)
     }
 
     /// Requests waiting for a slot now.
@@ -76,10 +170,10 @@ impl Scheduler {
 
     /// Waits until nothing runs or waits any more, then refuses every later request.
     pub async fn close_when_idle(&self) {
-        if let Ok(all) = self.slots.acquire_many(self.max_concurrency as u32).await {
+        if let Ok(all) = self.slots.slots.acquire_many(self.slots.size as u32).await {
             all.forget();
         }
-        self.slots.close();
+        self.slots.slots.close();
     }
 }
 
@@ -109,7 +203,10 @@ mod tests {
         while scheduler.queued() == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(scheduler.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            scheduler.admit().await.unwrap_err(),
+            Rejected::QueueFull(Gate::Function)
+        );
 
         drop(running);
         waiter.await.unwrap().unwrap();
@@ -122,7 +219,41 @@ mod tests {
         let scheduler = Scheduler::new(2, 0);
         let _a = scheduler.admit().await.unwrap();
         let _b = scheduler.admit().await.unwrap();
-        assert_eq!(scheduler.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            scheduler.admit().await.unwrap_err(),
+            Rejected::QueueFull(Gate::Function)
+        );
+    }
+
+    #[tokio::test]
+    async fn gpu_limits_hold_for_every_function_sharing_the_node_limit() {
+        let node = Limit::new(3);
+        let a = Scheduler::new(10, 10).with_gpu_limits(Some(2), node.clone());
+        let b = Scheduler::new(10, 0).with_gpu_limits(None, node.clone());
+        let a1 = a.admit().await.unwrap();
+        let _a2 = a.admit().await.unwrap();
+        // `a` is at its own GPU limit: the next one waits in a's queue.
+        let a3 = tokio::spawn(async move {
+            let admission = a.admit().await;
+            (a, admission.map(|_| ()))
+        });
+        while node.taken() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let _b1 = b.admit().await.unwrap();
+        assert_eq!(node.taken(), 3);
+        // The node is full and `b` has no queue: refused, naming the node's limit.
+        assert_eq!(
+            b.admit().await.unwrap_err(),
+            Rejected::QueueFull(Gate::NodeGpu)
+        );
+        assert_eq!(b.limit(Gate::NodeGpu), Some(3));
+        assert_eq!(b.limit(Gate::FunctionGpu), None);
+        drop(a1);
+        let (a, admitted) = a3.await.unwrap();
+        admitted.unwrap();
+        assert_eq!(a.running(), 1, "a2 still runs; a3 ran and finished");
+        assert_eq!(a.queued(), 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Per-function settings chosen at deploy time, their defaults, limits and parsing from the
 //! deploy request's query string.
 
+use crate::gpu_budget::GpuBudget;
 use crate::names;
 use crate::units::{format_duration, parse_duration, parse_size};
 use anyhow::{Context, Result, bail, ensure};
@@ -62,6 +63,13 @@ pub struct FunctionSettings {
     /// Never unload it when idle (no cold starts).
     #[serde(default)]
     pub keep_warm: bool,
+    /// GPU invocations of this function running at once, if limited (a function is a GPU
+    /// function when its component imports `flint:gpu`).
+    #[serde(default)]
+    pub max_gpu_concurrency: Option<u32>,
+    /// GPU time allowed per period; beyond it requests get 429 until the period resets.
+    #[serde(default)]
+    pub gpu_budget: Option<GpuBudget>,
 }
 
 fn default_gpu_memory() -> u64 {
@@ -91,6 +99,8 @@ impl Default for FunctionSettings {
             gpu_function_memory_bytes: None,
             allow_kernels: false,
             keep_warm: false,
+            max_gpu_concurrency: None,
+            gpu_budget: None,
         }
     }
 }
@@ -149,8 +159,17 @@ impl FunctionSettings {
                 }
                 "allow_kernels" => settings.allow_kernels = parse_flag("allow_kernels", value)?,
                 "keep_warm" => settings.keep_warm = parse_flag("keep_warm", value)?,
+                "max_gpu_concurrency" => {
+                    settings.max_gpu_concurrency = Some(value.parse().with_context(|| {
+                        format!("setting `max_gpu_concurrency`: `{value}` is not a number")
+                    })?)
+                }
+                "gpu_budget" => {
+                    settings.gpu_budget =
+                        Some(GpuBudget::parse(value).context("setting `gpu_budget`")?)
+                }
                 other => bail!(
-                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound, gpu_memory, gpu_function_memory, allow_kernels, keep_warm)"
+                    "unknown setting `{other}` (known: route, memory, timeout, max_concurrency, queue_depth, max_body, env, allow_outbound, gpu_memory, gpu_function_memory, allow_kernels, keep_warm, max_gpu_concurrency, gpu_budget)"
                 ),
             }
         }
@@ -185,6 +204,15 @@ impl FunctionSettings {
         if self.keep_warm {
             query.append_pair("keep_warm", "true");
         }
+        if let Some(limit) = self.max_gpu_concurrency {
+            query.append_pair("max_gpu_concurrency", &limit.to_string());
+        }
+        if let Some(budget) = &self.gpu_budget {
+            query.append_pair(
+                "gpu_budget",
+                &format!("{}ms/{}ms", budget.gpu_ms, budget.period_ms),
+            );
+        }
         query.finish()
     }
 
@@ -206,6 +234,12 @@ impl FunctionSettings {
             "setting `max_concurrency`: {} is outside 1..=10000",
             self.max_concurrency
         );
+        if let Some(limit) = self.max_gpu_concurrency {
+            ensure!(
+                (1..=10_000).contains(&limit),
+                "setting `max_gpu_concurrency`: {limit} is outside 1..=10000"
+            );
+        }
         ensure!(
             self.queue_depth <= 100_000,
             "setting `queue_depth`: {} is above 100000",
@@ -279,6 +313,8 @@ mod tests {
             gpu_function_memory_bytes: Some(256 << 20),
             allow_kernels: true,
             keep_warm: true,
+            max_gpu_concurrency: Some(2),
+            gpu_budget: Some(GpuBudget::parse("1.5s/10m").unwrap()),
         };
         assert_eq!(
             FunctionSettings::from_query(&settings.to_query()).unwrap(),
@@ -312,6 +348,9 @@ mod tests {
             ("gpu_memory=huge", "gpu_memory"),
             ("gpu_memory=64MiB&gpu_function_memory=1MiB", "at least"),
             ("allow_kernels=maybe", "allow_kernels"),
+            ("max_gpu_concurrency=0", "max_gpu_concurrency"),
+            ("gpu_budget=lots", "gpu_budget"),
+            ("gpu_budget=0/1h", "gpu_budget"),
         ] {
             let error = format!("{:#}", FunctionSettings::from_query(query).unwrap_err());
             assert!(error.contains(needle), "{query}: {error}");

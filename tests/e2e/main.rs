@@ -4,6 +4,7 @@
 mod admin;
 mod deploy;
 mod gpu;
+mod gpu_limits;
 mod lifecycle;
 mod models;
 mod operations;

@@ -301,6 +301,7 @@ pub fn session_limits(bytes: u64, allow_kernels: bool) -> flint_gpu::SessionLimi
         invocation_bytes: bytes,
         function: None,
         allow_kernels,
+        holder: None,
     }
 }
 

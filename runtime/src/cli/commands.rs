@@ -59,6 +59,14 @@ pub struct DeployArgs {
     /// Never unload it when idle (no cold starts, at the cost of memory).
     #[arg(long)]
     pub keep_warm: bool,
+    /// GPU invocations of this function running at once (it applies when the component
+    /// imports flint:gpu; the node's --max-gpu-concurrency applies as well).
+    #[arg(long)]
+    pub max_gpu_concurrency: Option<u32>,
+    /// GPU time per period, GPU_SECONDS/PERIOD (e.g. `30/1h`, `500ms/1m`): once spent,
+    /// requests get 429 until the period resets.
+    #[arg(long)]
+    pub gpu_budget: Option<String>,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
@@ -156,6 +164,13 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
             .context("--gpu-function-memory")?,
         allow_kernels: args.allow_kernels,
         keep_warm: args.keep_warm,
+        max_gpu_concurrency: args.max_gpu_concurrency,
+        gpu_budget: args
+            .gpu_budget
+            .as_deref()
+            .map(crate::gpu_budget::GpuBudget::parse)
+            .transpose()
+            .context("--gpu-budget")?,
     };
     for route in &args.routes {
         settings
@@ -337,6 +352,9 @@ pub fn show(args: NameArgs) -> Result<ExitCode> {
         "gpu_function_memory",
         "allow_kernels",
         "keep_warm",
+        "uses_gpu",
+        "max_gpu_concurrency",
+        "gpu_budget",
         "loaded",
         "env",
         "sha256",
@@ -546,6 +564,7 @@ pub fn stats(args: UsageArgs) -> Result<ExitCode> {
                 s["cold_starts"].to_string(),
                 format!("{:.1}", s["gpu_ms"].as_f64().unwrap_or(0.0)),
                 format!("{} MiB", s["gpu_peak_bytes"].as_u64().unwrap_or(0) >> 20),
+                budget_left(&s["gpu_budget"]),
             ]
         })
         .collect();
@@ -560,10 +579,23 @@ pub fn stats(args: UsageArgs) -> Result<ExitCode> {
             "COLD",
             "GPU-MS",
             "GPU-PEAK",
+            "GPU-BUDGET-LEFT",
         ],
         &rows,
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// What is left of a GPU budget, as `fnctl stats` shows it: `12.5s of 30s/1h (resets ...)`.
+fn budget_left(status: &Value) -> String {
+    match status["budget"].as_str() {
+        None => "-".to_string(),
+        Some(budget) => format!(
+            "{:.3}s of {budget} (resets {})",
+            status["left_seconds"].as_f64().unwrap_or(0.0),
+            status["resets_at"].as_str().unwrap_or("?")
+        ),
+    }
 }
 
 /// `fnctl model ...`
@@ -662,7 +694,8 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
     }
 }
 
-/// `fnctl gpu`: the node's GPU devices and their memory.
+/// `fnctl gpu`: what `nvidia-smi` shows, per node: each device's memory, utilization and who
+/// holds it; GPU functions and resident models.
 pub fn gpu(args: ListArgs) -> Result<ExitCode> {
     let client = AdminClient::connect(&args.client)?;
     let value = client.json(Method::GET, "/v1/gpu", None)?;
@@ -674,23 +707,69 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
     } else {
         println!("backend: {}", value["backend"].as_str().unwrap_or_default());
     }
-    let rows: Vec<Vec<String>> = value["devices"]
+    println!(
+        "GPU invocations: {} running, node limit {}",
+        value["gpu_invocations"]["running"], value["gpu_invocations"]["limit"]
+    );
+    let mib = |v: &Value| format!("{} MiB", v.as_u64().unwrap_or_default() >> 20);
+    let devices = value["devices"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d["index"].to_string(),
+                d["name"].as_str().unwrap_or_default().to_string(),
+                mib(&d["used_bytes"]),
+                mib(&d["free_bytes"]),
+                mib(&d["capacity_bytes"]),
+                mib(&d["peak_bytes"]),
+                format!("{:.0}%", d["utilization_percent"].as_f64().unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    print_table(
+        &["DEVICE", "NAME", "USED", "FREE", "CAPACITY", "PEAK", "UTIL"],
+        &rows,
+    );
+    let holders: Vec<Vec<String>> = devices
+        .iter()
+        .flat_map(|d| {
+            let index = d["index"].to_string();
+            d["holders"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |h| {
+                    vec![
+                        index.clone(),
+                        h["function"].as_str().unwrap_or_default().to_string(),
+                        mib(&h["bytes"]),
+                    ]
+                })
+        })
+        .collect();
+    if !holders.is_empty() {
+        println!();
+        print_table(&["DEVICE", "FUNCTION", "HOLDS"], &holders);
+    }
+    let models: Vec<Vec<String>> = value["models"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|d| {
-            let mib = |key: &str| format!("{} MiB", d[key].as_u64().unwrap_or_default() >> 20);
+        .map(|m| {
             vec![
-                d["index"].to_string(),
-                d["name"].as_str().unwrap_or_default().to_string(),
-                mib("used_bytes"),
-                mib("capacity_bytes"),
-                mib("peak_bytes"),
+                m["name"].as_str().unwrap_or_default().to_string(),
+                mib(&m["bytes"]),
+                m["location"].as_str().unwrap_or_default().to_string(),
             ]
         })
         .collect();
-    print_table(&["DEVICE", "NAME", "USED", "CAPACITY", "PEAK"], &rows);
+    if !models.is_empty() {
+        println!();
+        print_table(&["MODEL", "WEIGHTS", "WHERE"], &models);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Size at which the usage log (DATA/usage/usage.jsonl) rotates.
     #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
     pub usage_log_size: String,
+    /// GPU invocations (of functions that import `flint:gpu`) running at once on this node;
+    /// more wait in their function's queue, then get 503.
+    #[arg(long, default_value_t = crate::node::DEFAULT_MAX_GPU_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_gpu_concurrency: u32,
     /// How long in-flight requests may finish after SIGTERM/ctrl-c.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -87,6 +91,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             },
             usage_log_rotate_bytes: parse_size(&args.usage_log_size)?,
             idle_unload: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
+            max_gpu_concurrency: args.max_gpu_concurrency,
             batching: flint_gpu::model::batcher::BatchOptions {
                 window: args.batch_window,
                 enabled: !args.no_batching,

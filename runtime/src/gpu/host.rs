@@ -54,7 +54,8 @@ impl GpuView<'_> {
     ) -> wasmtime::Result<R> {
         let started = std::time::Instant::now();
         let result = run(cost, work).await;
-        self.ctx.busy += started.elapsed();
+        let device = self.ctx.session.as_ref().map(|s| s.device_index());
+        self.ctx.record_busy(started.elapsed(), device);
         result
     }
 

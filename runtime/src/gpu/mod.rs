@@ -11,6 +11,7 @@
 mod convert;
 mod host;
 mod models;
+pub mod utilization;
 
 use flint_gpu::{Pool, Session, SessionLimits};
 use std::sync::Arc;
@@ -90,6 +91,21 @@ impl GpuCtx {
         let session = Arc::new(self.pool.session(self.limits.clone())?);
         self.session = Some(session.clone());
         Ok(session)
+    }
+
+    /// Counts `elapsed` of GPU work: the invocation's and that of device `device` (if the
+    /// work ran on one of the pool's devices).
+    pub(crate) fn record_busy(&mut self, elapsed: std::time::Duration, device: Option<usize>) {
+        self.busy += elapsed;
+        if let Some(device) = device {
+            self.pool.record_busy(device, elapsed);
+        }
+    }
+
+    /// The device model calls run on: models run on the host's CPU today, which is the pool's
+    /// one device on the CPU backend and none of a CUDA pool's devices.
+    pub(crate) fn model_device(&self) -> Option<usize> {
+        (self.pool.backend() == "cpu").then_some(0)
     }
 
     /// What this invocation used so far (zero if it never touched the GPU).

@@ -34,7 +34,8 @@ impl GpuView<'_> {
         let vectors = receiver
             .await
             .map_err(|_| wasmtime::format_err!("the model worker stopped"))?;
-        self.ctx.busy += started.elapsed();
+        let device = self.ctx.model_device();
+        self.ctx.record_busy(started.elapsed(), device);
         Ok(vectors)
     }
 }

@@ -279,10 +279,27 @@ fn usage(node: &Node, query: Option<&str>) -> Result<Response<ResponseBody>, Api
 }
 
 fn stats(node: &Node, query: Option<&str>) -> Result<Response<ResponseBody>, ApiError> {
-    let (function, _) = usage_filter(query)?;
+    let (filter, _) = usage_filter(query)?;
+    let mut functions = node.metering().stats(filter.as_deref());
+    // What is left of each GPU budget, for functions not invoked yet as well.
+    let now = crate::gpu_budget::now_ms();
+    for function in node.functions() {
+        let Some(budget) = function.manifest.settings.gpu_budget else {
+            continue;
+        };
+        if filter.as_deref().is_some_and(|f| f != &*function.name) {
+            continue;
+        }
+        let entry = functions
+            .as_object_mut()
+            .expect("stats are an object")
+            .entry(function.name.to_string())
+            .or_insert_with(|| crate::metering::FunctionStats::default().to_json());
+        entry["gpu_budget"] = node.gpu_spend(&function.name).status(&budget, now);
+    }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "functions": node.metering().stats(function.as_deref()) }),
+        &json!({ "functions": functions }),
     ))
 }
 
@@ -342,6 +359,39 @@ async fn remove_model(node: &Arc<Node>, name: &str) -> Result<Response<ResponseB
 
 fn gpu_info(node: &Node) -> Response<ResponseBody> {
     let pool = node.gpu_pool();
+    let utilization = node.utilization().percent(pool);
+    let mut holders: Vec<Vec<serde_json::Value>> = vec![Vec::new(); utilization.len()];
+    let mut functions = Vec::new();
+    for function in node.functions() {
+        let held = function.holdings.by_device();
+        for (device, bytes) in &held {
+            if let Some(list) = holders.get_mut(*device) {
+                list.push(json!({ "function": &*function.name, "bytes": bytes }));
+            }
+        }
+        if function.uses_gpu {
+            functions.push(json!({
+                "name": &*function.name,
+                "held_bytes": function.holdings.total(),
+                "running": function.scheduler.running(),
+                "max_gpu_concurrency": function.manifest.settings.max_gpu_concurrency,
+                "gpu_budget": function.manifest.settings.gpu_budget.map(|b| b.render()),
+            }));
+        }
+    }
+    let models: Vec<_> = node
+        .models()
+        .list()
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.registration.name,
+                "bytes": m.weight_bytes,
+                // The forward pass runs on the host's CPU today, weights in host memory.
+                "location": "host memory",
+            })
+        })
+        .collect();
     let devices: Vec<_> = pool
         .devices()
         .into_iter()
@@ -352,17 +402,25 @@ fn gpu_info(node: &Node) -> Response<ResponseBody> {
                 "name": d.name,
                 "capacity_bytes": d.capacity_bytes,
                 "used_bytes": d.used_bytes,
+                "free_bytes": d.capacity_bytes.saturating_sub(d.used_bytes),
                 "peak_bytes": d.peak_bytes,
+                "busy_seconds": d.busy.as_secs_f64(),
+                "utilization_percent": utilization.get(d.index).copied().unwrap_or(0.0),
+                "holders": holders.get(d.index).cloned().unwrap_or_default(),
             })
         })
         .collect();
+    let slots = node.gpu_slots();
     json_response(
         StatusCode::OK,
         &json!({
             "backend": pool.backend(),
             "cpu_reason": pool.cpu_reason(),
             "used_bytes": pool.used_bytes(),
+            "gpu_invocations": { "running": slots.taken(), "limit": slots.size() },
             "devices": devices,
+            "functions": functions,
+            "models": models,
         }),
     )
 }

@@ -81,6 +81,7 @@ pub async fn serve(
     tracing::info!("data in {}", data_dir.display());
 
     let reaper = tokio::spawn(node.clone().unload_idle_functions());
+    let sampler = tokio::spawn(node.clone().sample_gpu_utilization());
     let loader = tokio::spawn({
         let node = node.clone();
         async move {
@@ -119,6 +120,7 @@ pub async fn serve(
     let _ = admin_loop.await;
     loader.abort();
     reaper.abort();
+    sampler.abort();
     let graceful = graceful.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(graceful) = graceful {
         match tokio::time::timeout(options.drain_timeout, graceful.shutdown()).await {

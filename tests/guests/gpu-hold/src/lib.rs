@@ -1,15 +1,31 @@
-//! Allocates `?mb=N` MiB of GPU memory, then `?then=`: `ok` (answers with the bytes it holds
-//! and the quota left), `trap` (panics), `loop` (spins until the timeout), `sleep` (sleeps
-//! `?ms=` then answers). Errors from the pool are answered as JSON with their kind.
+//! Allocates `?mb=N` MiB of GPU memory, then `?then=`: `ok` (answers at once), `trap` (panics),
+//! `loop` (spins until the timeout), `sleep` (sleeps `?ms=` then answers), `work` (multiplies
+//! two `?n=`×`?n=` matrices `?reps=` times on the GPU). Errors from the pool are answered as
+//! JSON with their kind.
+//!
+//! A successful answer is `held BYTES quota_left BYTES started_ns T0 ended_ns T1`: the wall
+//! clock when the handler started and finished, so tests can measure from inside the function
+//! how many invocations ran at once.
 
 use flint_sdk::gpu::{self, DType, Tensor};
 use flint_sdk::{Request, Response};
 
-fn handle(request: Request) -> Response {
-    let mb: u32 = request
-        .query_param("mb")
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn number<T: std::str::FromStr>(request: &Request, name: &str, default: T) -> T {
+    request
+        .query_param(name)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+        .unwrap_or(default)
+}
+
+fn handle(request: Request) -> Response {
+    let started_ns = now_ns();
+    let mb: u32 = number(&request, "mb", 1);
     let then = request.query_param("then").unwrap_or_else(|| "ok".into());
     let held = match Tensor::zeros(DType::U8, &[mb, 1 << 20]) {
         Ok(tensor) => tensor,
@@ -24,20 +40,32 @@ fn handle(request: Request) -> Response {
             }
         }
         "sleep" => {
-            let ms: u64 = request
-                .query_param("ms")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(100);
+            let ms: u64 = number(&request, "ms", 100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        "work" => {
+            let n: u32 = number(&request, "n", 256);
+            let reps: u32 = number(&request, "reps", 1);
+            let values: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.25).collect();
+            let result = Tensor::from_f32(&[n, n], &values).and_then(|a| {
+                for _ in 0..reps {
+                    a.matmul(&a)?;
+                }
+                Ok(())
+            });
+            if let Err(error) = result {
+                return Response::from(&error);
+            }
         }
         _ => {}
     }
     Response::text(
         200,
         format!(
-            "held {} quota_left {}",
+            "held {} quota_left {} started_ns {started_ns} ended_ns {}",
             held.byte_size(),
-            gpu::backend().quota_bytes_left
+            gpu::backend().quota_bytes_left,
+            now_ns()
         ),
     )
 }
