@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// How an invocation ended.
@@ -368,7 +368,8 @@ pub const USAGE_LOG_KEEP: usize = 8;
 /// The node's metering: the usage log, per-function stats, metrics.
 pub struct Metering {
     dir: PathBuf,
-    writer: Mutex<mpsc::Sender<UsageRecord>>,
+    log: Arc<PendingRecords>,
+    writer: Option<std::thread::JoinHandle<()>>,
     stats: DashMap<String, Arc<FunctionStats>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
@@ -379,14 +380,18 @@ impl Metering {
     pub fn open(data_dir: &Path, rotate_bytes: u64) -> anyhow::Result<Arc<Self>> {
         let dir = data_dir.join("usage");
         std::fs::create_dir_all(&dir)?;
-        let (sender, receiver) = mpsc::channel::<UsageRecord>();
-        let writer_dir = dir.clone();
-        std::thread::Builder::new()
+        let log = Arc::new(PendingRecords::default());
+        let writer = std::thread::Builder::new()
             .name("flint-usage-log".into())
-            .spawn(move || write_log(&writer_dir, receiver, rotate_bytes))?;
+            .spawn({
+                let dir = dir.clone();
+                let log = log.clone();
+                move || write_log(&dir, &log, rotate_bytes)
+            })?;
         Ok(Arc::new(Metering {
             dir,
-            writer: Mutex::new(sender),
+            log,
+            writer: Some(writer),
             stats: DashMap::new(),
             metrics: Metrics::new().map_err(|e| anyhow::anyhow!("creating metrics: {e}"))?,
         }))
@@ -399,11 +404,12 @@ impl Metering {
             .add(&record);
         self.metrics.add(&record);
         tracing::debug!(target: "flint::usage", invocation = %record.invocation_id, outcome = record.outcome.name(), wall_us = record.wall_us, "metered");
-        let _ = self
-            .writer
+        // No wake-up per record: the writer thread collects them every FLUSH_INTERVAL.
+        self.log
+            .records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(record);
+            .push(record);
     }
 
     /// Statistics of every function that has been invoked, or of `function`.
@@ -454,7 +460,28 @@ impl Metering {
     }
 }
 
-fn write_log(dir: &Path, receiver: mpsc::Receiver<UsageRecord>, rotate_bytes: u64) {
+/// Records waiting for the writer thread.
+#[derive(Default)]
+struct PendingRecords {
+    records: Mutex<Vec<UsageRecord>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// How often the writer thread appends what was recorded (at most this much is lost in a
+/// crash; a clean shutdown writes everything).
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        self.log.closed.store(true, Ordering::Release);
+        if let Some(writer) = self.writer.take() {
+            writer.thread().unpark();
+            let _ = writer.join();
+        }
+    }
+}
+
+fn write_log(dir: &Path, pending: &PendingRecords, rotate_bytes: u64) {
     let path = dir.join("usage.jsonl");
     let open = || {
         std::fs::OpenOptions::new()
@@ -469,14 +496,25 @@ fn write_log(dir: &Path, receiver: mpsc::Receiver<UsageRecord>, rotate_bytes: u6
             return;
         }
     };
-    while let Ok(record) = receiver.recv() {
-        let mut line = serde_json::to_vec(&record).unwrap_or_default();
-        line.push(b'\n');
-        if let Err(error) = file.write_all(&line) {
-            tracing::error!("writing the usage log: {error}");
-            continue;
+    let mut size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buffer = Vec::new();
+    loop {
+        let closed = pending.closed.load(Ordering::Acquire);
+        let records =
+            std::mem::take(&mut *pending.records.lock().unwrap_or_else(|e| e.into_inner()));
+        for record in &records {
+            if serde_json::to_writer(&mut buffer, record).is_ok() {
+                buffer.push(b'\n');
+            }
         }
-        if file.metadata().map(|m| m.len()).unwrap_or(0) >= rotate_bytes {
+        if !buffer.is_empty() {
+            if let Err(error) = file.write_all(&buffer) {
+                tracing::error!("writing the usage log: {error}");
+            }
+            size += buffer.len() as u64;
+            buffer.clear();
+        }
+        if size >= rotate_bytes {
             for n in (1..USAGE_LOG_KEEP).rev() {
                 let _ = std::fs::rename(
                     dir.join(format!("usage.jsonl.{n}")),
@@ -485,12 +523,19 @@ fn write_log(dir: &Path, receiver: mpsc::Receiver<UsageRecord>, rotate_bytes: u6
             }
             let _ = std::fs::rename(&path, dir.join("usage.jsonl.1"));
             match open() {
-                Ok(new) => file = new,
+                Ok(new) => {
+                    file = new;
+                    size = 0;
+                }
                 Err(error) => {
                     tracing::error!("reopening the usage log: {error}");
                     return;
                 }
             }
         }
+        if closed {
+            return;
+        }
+        std::thread::park_timeout(FLUSH_INTERVAL);
     }
 }
