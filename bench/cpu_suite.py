@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""Flint's CPU benchmark suite, side by side with its peers in the same run.
+
+Run it through `scripts/bench.sh` (which builds everything and installs the peers); it prints a
+table and writes JSON (default target/bench/cpu.json). Every figure is a median over several
+runs; peers are measured alternately (A B A B) so drift on a noisy machine hits both.
+
+Sections (each can be picked with --only):
+  sandbox   fresh instance of a deployed function (in-process, cargo bench)
+  hello     HTTP throughput/latency of examples/hello: Flint vs `wasmtime serve`, c=1 and c=32
+  heavy     the same for a componentize-py hello world (if bench/heavy built one)
+  cold      first request after scale to zero vs warm; deploy-to-first-answer
+  density   node memory with 1, 100 and 1000 deployed idle functions
+  minilm    MiniLM embeddings/s on the CPU backend vs PyTorch + sentence-transformers, 2 threads
+  batching  64 concurrent single-text clients, dynamic batching vs --no-batching
+"""
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, "target", "bench-tools")
+FNCTL = os.path.join(ROOT, "target", "release", "fnctl")
+GUESTS = os.path.join(ROOT, "target", "wasm-guests", "wasm32-wasip2", "release")
+MODEL_DIR = os.environ.get("FLINT_MINILM_DIR", os.path.join(ROOT, "target", "models", "all-MiniLM-L6-v2"))
+WASMTIME = os.path.join(TOOLS, "bin", "wasmtime")
+VENV_PYTHON = os.path.join(TOOLS, "venv", "bin", "python")
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} never answered")
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+class FlintNode:
+    """A `fnctl serve` process on ephemeral ports with a temporary data dir."""
+
+    def __init__(self, *extra, log_level="info"):
+        self.tmp = tempfile.TemporaryDirectory(prefix="flint-bench-")
+        self.data = os.path.join(self.tmp.name, "data")
+        self.stderr = open(os.path.join(self.tmp.name, "node.log"), "w")
+        env = dict(os.environ, RUST_LOG=log_level, NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            [FNCTL, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data", self.data, *extra],
+            stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
+        deadline = time.time() + 60
+        while True:
+            try:
+                with open(os.path.join(self.data, "node.json")) as f:
+                    node = json.load(f)
+                if node.get("pid") == self.proc.pid:
+                    break
+            except (OSError, ValueError):
+                pass
+            if time.time() > deadline:
+                raise RuntimeError("node did not start")
+            time.sleep(0.02)
+        self.public = node["public"]
+        self.admin = node["admin"]
+        with open(os.path.join(self.data, "admin-token")) as f:
+            self.token = f.read().strip()
+        wait_http(f"http://{self.public}/readyz")
+
+    def admin_call(self, method, path, body=None, content_type="application/json"):
+        host, port = self.admin.split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=600)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
+        return json.loads(data) if data else None
+
+    def deploy(self, wasm, name, query=""):
+        with open(wasm, "rb") as f:
+            component = f.read()
+        return self.admin_call("POST", f"/v1/functions/{name}/versions?{query}", component, "application/wasm")
+
+    def add_model(self, name, path):
+        return self.admin_call("POST", f"/v1/models/{name}", json.dumps({"path": path}).encode())
+
+    def url(self, path):
+        return f"http://{self.public}{path}"
+
+    def close(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.stderr.close()
+        self.tmp.cleanup()
+
+
+class WasmtimeServe:
+    """`wasmtime serve` of the same version as Flint's wasmtime, with WASI cli imports on."""
+
+    def __init__(self, wasm):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [WASMTIME, "serve", "-S", "cli", "--addr", f"127.0.0.1:{self.port}", wasm],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/")
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def wrk(url, connections, seconds, script=None):
+    """Runs wrk; returns requests/s, median and p99 latency in ms, and non-2xx count."""
+    threads = max(1, min(2, connections))
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script:
+        command += ["-s", script]
+    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+
+    def latency(pct):
+        match = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return {"rps": rps, "p50_ms": latency(50), "p99_ms": latency(99),
+            "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def alternate(runs, contenders, measure):
+    """Measures each contender `runs` times, alternating A B A B; returns per-contender runs."""
+    results = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, target in contenders.items():
+            results[name].append(measure(target))
+    return results
+
+
+def medians(samples, keys=("rps", "p50_ms", "p99_ms")):
+    out = {k: statistics.median(s[k] for s in samples) for k in keys}
+    rps = [s["rps"] for s in samples]
+    out["spread_pct"] = (max(rps) - min(rps)) / statistics.median(rps) * 100
+    out["runs"] = len(samples)
+    out["non_2xx"] = sum(s.get("non_2xx", 0) for s in samples)
+    return out
+
+
+# --- sections ---------------------------------------------------------------------------------
+
+def bench_sandbox(args):
+    output = subprocess.run(
+        ["cargo", "bench", "--quiet", "-p", "flint-runtime", "--bench", "sandbox", "--",
+         os.path.join(GUESTS, "hello.wasm"), str(args.sandbox_iterations)],
+        cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def bench_http(args, wasm, flint_name):
+    node = FlintNode()
+    node.deploy(wasm, flint_name)
+    peer = WasmtimeServe(wasm)
+    try:
+        contenders = {"flint": node.url(f"/fn/{flint_name}/"), "wasmtime_serve": peer.url("/")}
+        for url in contenders.values():  # warm both
+            wrk(url, 8, 1)
+        out = {}
+        for connections in (1, 32):
+            runs = alternate(args.runs, contenders, lambda url: wrk(url, connections, args.seconds))
+            row = {name: medians(samples) for name, samples in runs.items()}
+            row["ratio_rps"] = row["flint"]["rps"] / row["wasmtime_serve"]["rps"]
+            out[f"c{connections}"] = row
+            log(f"  {flint_name} c={connections}: flint {row['flint']['rps']:.0f} req/s, "
+                f"wasmtime serve {row['wasmtime_serve']['rps']:.0f} req/s, ratio {row['ratio_rps']:.2f}")
+        return out
+    finally:
+        peer.close()
+        node.close()
+
+
+def timed_get(conn, path, body=None):
+    started = time.perf_counter()
+    conn.request("POST" if body else "GET", path, body=body,
+                 headers={"Content-Type": "application/json"} if body else {})
+    response = conn.getresponse()
+    response.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status != 200:
+        raise RuntimeError(f"{path}: {response.status}")
+    return elapsed
+
+
+def bench_cold(args):
+    node = FlintNode("--idle-unload", "1s")
+    try:
+        node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
+        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
+        node.add_model("minilm", MODEL_DIR)
+        host, port = node.public.split(":")
+        embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
+        out = {}
+        for name, body in (("hello", None), ("embed", embed_body)):
+            path = f"/fn/{name}/"
+            conn = http.client.HTTPConnection(host, int(port))
+            warm = []
+            for _ in range(5):
+                timed_get(conn, path, body)
+            for _ in range(args.cold_runs * 5):
+                warm.append(timed_get(conn, path, body))
+            cold = []
+            for _ in range(args.cold_runs):
+                deadline = time.time() + 30
+                while node.admin_call("GET", f"/v1/functions/{name}")["loaded"]:
+                    if time.time() > deadline:
+                        raise RuntimeError("never unloaded")
+                    time.sleep(0.1)
+                cold.append(timed_get(conn, path, body))
+            conn.close()
+            out[name] = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
+                         "cold_minus_warm_ms": statistics.median(cold) - statistics.median(warm),
+                         "cold_p99_ms": max(cold), "runs": len(cold)}
+            log(f"  {name}: warm {out[name]['warm_ms']:.3f} ms, cold {out[name]['cold_ms']:.3f} ms")
+        stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
+        out["hello"]["cold_starts_counted"] = stats["cold_starts"]
+        # Deploy to first answer: upload + validate + compile + first request.
+        deploys = []
+        hello_wasm = os.path.join(GUESTS, "hello.wasm")
+        conn = http.client.HTTPConnection(host, int(port))
+        for i in range(args.cold_runs):
+            started = time.perf_counter()
+            node.deploy(hello_wasm, f"fresh-{i}")
+            timed_get(conn, f"/fn/fresh-{i}/")
+            deploys.append((time.perf_counter() - started) * 1000)
+        conn.close()
+        out["deploy_to_first_answer_ms"] = statistics.median(deploys)
+        log(f"  deploy to first answer: {out['deploy_to_first_answer_ms']:.1f} ms")
+        return out
+    finally:
+        node.close()
+
+
+def bench_density(args):
+    out = {}
+    wasm = os.path.join(GUESTS, "hello.wasm")
+    for count in args.density:
+        node = FlintNode(log_level="warn")
+        try:
+            empty = rss_bytes(node.proc.pid)
+            started = time.time()
+            for i in range(count):
+                node.deploy(wasm, f"f{i}")
+            deploy_s = time.time() - started
+            conn_host, conn_port = node.public.split(":")
+            conn = http.client.HTTPConnection(conn_host, int(conn_port))
+            timed_get(conn, f"/fn/f{count - 1}/")  # they serve
+            conn.close()
+            time.sleep(1)
+            loaded = rss_bytes(node.proc.pid)
+            out[str(count)] = {"rss_mib": loaded / 2**20, "empty_node_rss_mib": empty / 2**20,
+                               "per_function_kib": (loaded - empty) / count / 1024,
+                               "deploy_seconds": deploy_s}
+            log(f"  {count} functions: {loaded / 2**20:.1f} MiB "
+                f"({(loaded - empty) / count / 1024:.1f} KiB each; deploying took {deploy_s:.1f} s)")
+        finally:
+            node.close()
+    return out
+
+
+def texts_of_tokens(tokens, count):
+    """`count` distinct texts of about `tokens` word-piece tokens each."""
+    words = ("the quick brown fox jumps over the lazy dog while serverless functions scale to "
+             "zero and the pooled gpu keeps model weights resident between requests").split()
+    texts = []
+    for i in range(count):
+        body = [words[(i + j) % len(words)] for j in range(tokens - 2)]
+        body[0] = f"text{i}"
+        texts.append(" ".join(body))
+    return texts
+
+
+def flint_embed_rate(node, texts, batch, seconds):
+    host, port = node.public.split(":")
+    conn = http.client.HTTPConnection(host, int(port))
+    bodies = [json.dumps({"texts": texts[i:i + batch]}).encode() for i in range(0, len(texts), batch)]
+    timed_get(conn, "/fn/embed/", bodies[0])
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        timed_get(conn, "/fn/embed/", bodies[done % len(bodies)])
+        done += 1
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return done * batch / elapsed
+
+
+def bench_minilm(args):
+    if not os.path.exists(VENV_PYTHON):
+        return {"skipped": "no PyTorch venv (scripts/bench.sh makes it)"}
+    node = FlintNode(log_level="warn")
+    out = {}
+    try:
+        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
+        node.add_model("minilm", MODEL_DIR)
+        for seq in (128, 256):
+            texts = texts_of_tokens(seq, 64)
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump(texts, f)
+                texts_file = f.name
+            for batch in (1, 8, 32):
+                flint_runs, torch_runs = [], []
+                for _ in range(args.runs):
+                    flint_runs.append(flint_embed_rate(node, texts, batch, args.seconds))
+                    torch = subprocess.run(
+                        [VENV_PYTHON, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", MODEL_DIR,
+                         "--texts", texts_file, "--batch", str(batch), "--seconds", str(args.seconds),
+                         "--device", "cpu", "--threads", "2"],
+                        capture_output=True, text=True, check=True).stdout
+                    torch_runs.append(json.loads(torch)["embeddings_per_second"])
+                row = {"flint": statistics.median(flint_runs), "pytorch": statistics.median(torch_runs),
+                       "flint_runs": flint_runs, "pytorch_runs": torch_runs}
+                row["ratio"] = row["flint"] / row["pytorch"]
+                out[f"seq{seq}_batch{batch}"] = row
+                log(f"  seq {seq} batch {batch}: flint {row['flint']:.1f}/s, pytorch {row['pytorch']:.1f}/s, "
+                    f"ratio {row['ratio']:.2f}")
+            os.unlink(texts_file)
+        return out
+    finally:
+        node.close()
+
+
+def bench_batching(args):
+    script = os.path.join(tempfile.gettempdir(), "flint-embed-one.lua")
+    with open(script, "w") as f:
+        f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                'wrk.body = \'{"texts": ["one short sentence to embed, as a chat app would send it"]}\'\n')
+    out = {}
+    nodes = {}
+    try:
+        for label, extra in (("batching", ()), ("no_batching", ("--no-batching",))):
+            node = FlintNode(*extra, log_level="warn")
+            node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
+            node.add_model("minilm", MODEL_DIR)
+            nodes[label] = node
+        contenders = {label: node.url("/fn/embed/") for label, node in nodes.items()}
+        runs = alternate(args.runs, contenders, lambda url: wrk(url, 64, args.seconds, script))
+        for label, samples in runs.items():
+            out[label] = medians(samples)
+        out["ratio_rps"] = out["batching"]["rps"] / out["no_batching"]["rps"]
+        for label, node in nodes.items():
+            models = node.admin_call("GET", "/v1/models")["models"]
+            out[label]["model_counters"] = models[0].get("batching") or models[0]
+        log(f"  64 clients: batching {out['batching']['rps']:.1f} req/s, "
+            f"no batching {out['no_batching']['rps']:.1f} req/s, ratio {out['ratio_rps']:.2f}")
+        return out
+    finally:
+        for node in nodes.values():
+            node.close()
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    wasmtime_version = subprocess.run([WASMTIME, "--version"], capture_output=True, text=True).stdout.strip() \
+        if os.path.exists(WASMTIME) else None
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "date": time.strftime("%Y-%m-%d"), "wasmtime": wasmtime_version, "wrk": wrk_version}
+
+
+def print_table(results):
+    rows = []
+    s = results.get("sandbox")
+    if s:
+        p, o = s["pooling"]["store_and_instantiate"], s["on_demand"]["store_and_instantiate"]
+        rows.append(("fresh sandbox (store + instantiate), median", f"{p['median_us']:.1f} us",
+                     f"on-demand alloc {o['median_us']:.1f} us", f"{o['median_us'] / p['median_us']:.2f}x faster",
+                     "<= 10 us"))
+        rows.append(("fresh sandbox, p99", f"{p['p99_us']:.1f} us", f"{o['p99_us']:.1f} us", "", ""))
+    for key, label in (("hello", "hello"), ("heavy", "componentize-py hello")):
+        h = results.get(key)
+        if h and "c1" in h:
+            for c in ("c1", "c32"):
+                r = h[c]
+                rows.append((f"{label} req/s, {c.replace('c', 'c=')}", f"{r['flint']['rps']:.0f}",
+                             f"wasmtime serve {r['wasmtime_serve']['rps']:.0f}", f"{r['ratio_rps']:.2f}x",
+                             ">= 1.2x"))
+                rows.append((f"{label} p50 / p99 ms, {c.replace('c', 'c=')}",
+                             f"{r['flint']['p50_ms']:.3f} / {r['flint']['p99_ms']:.3f}",
+                             f"{r['wasmtime_serve']['p50_ms']:.3f} / {r['wasmtime_serve']['p99_ms']:.3f}", "", ""))
+    c = results.get("cold")
+    if c:
+        for name in ("hello", "embed"):
+            r = c[name]
+            rows.append((f"{name}: first request after scale to zero", f"{r['cold_ms']:.3f} ms",
+                         f"warm {r['warm_ms']:.3f} ms", f"+{r['cold_minus_warm_ms']:.3f} ms", "<= 1 ms"))
+        rows.append(("deploy to first answer (hello)", f"{c['deploy_to_first_answer_ms']:.1f} ms", "", "", ""))
+    d = results.get("density")
+    if d:
+        for count, r in d.items():
+            rows.append((f"node RSS, {count} deployed functions", f"{r['rss_mib']:.1f} MiB",
+                         f"{r['per_function_kib']:.1f} KiB/function", "", "10k in <= 1 GiB"))
+    m = results.get("minilm")
+    if m and "skipped" not in m:
+        for key, r in m.items():
+            rows.append((f"MiniLM CPU embeddings/s, {key}", f"{r['flint']:.1f}", f"PyTorch {r['pytorch']:.1f}",
+                         f"{r['ratio']:.2f}x", ">= 1.0x"))
+    b = results.get("batching")
+    if b:
+        rows.append(("64 single-text clients, req/s", f"{b['batching']['rps']:.1f}",
+                     f"no batching {b['no_batching']['rps']:.1f}", f"{b['ratio_rps']:.2f}x", ">= 10x"))
+    widths = [max(len(str(row[i])) for row in rows + [HEADER]) for i in range(len(HEADER))]
+    for row in [HEADER] + rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+
+
+HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
+SECTIONS = ["sandbox", "hello", "heavy", "cold", "density", "minilm", "batching"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=SECTIONS)
+    parser.add_argument("--runs", type=int, default=3, help="alternated runs per contender")
+    parser.add_argument("--seconds", type=int, default=5, help="seconds per load run")
+    parser.add_argument("--cold-runs", type=int, default=10)
+    parser.add_argument("--sandbox-iterations", type=int, default=20000)
+    parser.add_argument("--density", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "cpu.json"))
+    args = parser.parse_args()
+    for tool in ("wrk",):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is missing: run scripts/bench.sh, which installs it")
+    results = {"machine": machine()}
+    for section in args.only or SECTIONS:
+        log(f"== {section}")
+        if section == "sandbox":
+            results[section] = bench_sandbox(args)
+        elif section == "hello":
+            results[section] = bench_http(args, os.path.join(GUESTS, "hello.wasm"), "hello")
+        elif section == "heavy":
+            heavy = os.path.join(ROOT, "target", "bench", "heavy-hello.wasm")
+            results[section] = bench_http(args, heavy, "heavy") if os.path.exists(heavy) else \
+                {"skipped": "no componentize-py component (scripts/bench.sh builds it)"}
+        elif section == "cold":
+            results[section] = bench_cold(args)
+        elif section == "density":
+            results[section] = bench_density(args)
+        elif section == "minilm":
+            results[section] = bench_minilm(args)
+        elif section == "batching":
+            results[section] = bench_batching(args)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"machine: {results['machine']}")
+    print_table(results)
+    print(f"JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
