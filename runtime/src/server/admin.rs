@@ -433,15 +433,12 @@ fn loaded(node: &Node, name: &str) -> Result<Arc<crate::function::LoadedFunction
 }
 
 fn list(node: &Node) -> Result<Response<ResponseBody>, ApiError> {
-    let mut functions = Vec::new();
-    for name in node.function_names() {
-        if let Some(function) = node.function(&name) {
-            functions.push(
-                node.describe(&function)
-                    .map_err(|e| ApiError::internal(&e))?,
-            );
-        }
-    }
+    let functions = node
+        .functions()
+        .iter()
+        .map(|function| node.describe(function))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map_err(|e| ApiError::internal(&e))?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "functions": functions }),
