@@ -47,32 +47,9 @@ impl CpuBuffer {
     }
 }
 
-/// `[m, k] x [k, n]`.
+/// `[m, k] x [k, n]` (row-major), on all cores.
 pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut c = vec![0f32; m * n];
-    if m == 0 || n == 0 {
-        return c;
-    }
-    // SAFETY: the slices hold m*k, k*n and m*n elements in row-major order, as the strides say.
-    unsafe {
-        matrixmultiply::sgemm(
-            m,
-            k,
-            n,
-            1.0,
-            a.as_ptr(),
-            k as isize,
-            1,
-            b.as_ptr(),
-            n as isize,
-            1,
-            0.0,
-            c.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-    c
+    crate::math::gemm::matmul(a, b, m, k, n)
 }
 
 /// An element-wise binary op with broadcasting to `out_shape`.

@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod math;
 pub mod memory;
 pub mod model;
 mod ops;

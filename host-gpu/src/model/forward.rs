@@ -1,132 +1,91 @@
 //! The BERT forward pass on the CPU, in f32, for a batch of sequences of different lengths.
 //!
 //! Sequences are never padded: the dense layers run over all tokens of the batch at once
-//! (one GEMM per weight matrix), attention runs per sequence. So a text's embedding is the same
-//! alone or in any batch, and no work is spent on padding.
+//! (one matrix product per weight matrix, Q/K/V stacked into one), attention runs per sequence
+//! and head. So a text's embedding is the same alone or in any batch, and no work is spent on
+//! padding. Every step uses all cores: matrix products split their output
+//! ([`crate::math::gemm`]), attention runs one (sequence, head) pair per task, and the
+//! element-wise steps split rows ([`crate::math::vector`]).
 
 use super::config::BertConfig;
-use super::weights::{BertWeights, LayerNorm, Linear};
+use super::weights::{BertWeights, Linear};
+use crate::math::gemm::{self, Destination, View};
+use crate::math::vector;
+use rayon::prelude::*;
 
-/// `y[rows, out] = x[rows, in] W^T + b`.
-fn linear(layer: &Linear, x: &[f32], rows: usize) -> Vec<f32> {
-    let (n, k) = (layer.outputs, layer.inputs);
-    let mut y = Vec::with_capacity(rows * n);
-    for _ in 0..rows {
-        y.extend_from_slice(&layer.bias);
-    }
-    if rows == 0 {
-        return y;
-    }
-    // SAFETY: x is rows x k (row-major), W is n x k (so W^T has row stride 1, column stride
-    // k), y is rows x n; beta = 1 adds the bias rows already in y.
-    unsafe {
-        matrixmultiply::sgemm(
-            rows,
-            k,
-            n,
-            1.0,
-            x.as_ptr(),
-            k as isize,
-            1,
-            layer.weight.as_ptr(),
-            1,
-            k as isize,
-            1.0,
-            y.as_mut_ptr(),
-            n as isize,
-            1,
-        );
-    }
-    y
+fn linear(layer: &Linear, x: &[f32], rows: usize, y: &mut Vec<f32>) {
+    gemm::linear_into(x, rows, &layer.weight, &layer.bias, y)
 }
 
-fn layer_norm(norm: &LayerNorm, x: &mut [f32], width: usize, eps: f64) {
-    for row in x.chunks_mut(width) {
-        let mean = row.iter().map(|v| *v as f64).sum::<f64>() / width as f64;
-        let var = row.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / width as f64;
-        let inv = 1.0 / (var + eps).sqrt();
-        for (i, v) in row.iter_mut().enumerate() {
-            *v = ((*v as f64 - mean) * inv) as f32 * norm.weight[i] + norm.bias[i];
-        }
+/// A pointer to the attention output that tasks write disjoint parts of.
+#[derive(Clone, Copy)]
+struct SharedOutput(*mut f32);
+// SAFETY: each attention task writes only its own (rows of one sequence) x (columns of one
+// head) block.
+unsafe impl Send for SharedOutput {}
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// The element at `offset` (a method, so closures capture the whole `Send` wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
     }
 }
 
-fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
-}
-
-/// Self-attention of one sequence of `n` tokens starting at row `start`, all heads, into `ctx`.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    ctx: &mut [f32],
-    start: usize,
-    n: usize,
+/// Self-attention over every sequence and head. `qkv` holds rows `[Q | K | V]` (width `3h`),
+/// sequences one after another; the result has the layout of Q (width `h`).
+fn attention(
+    qkv: &[f32],
+    starts: &[(usize, usize)],
     hidden: usize,
     heads: usize,
+    context: &mut Vec<f32>,
 ) {
+    let total: usize = starts.iter().map(|(_, n)| n).sum();
+    context.clear();
+    context.resize(total * hidden, 0.0);
+    let output = SharedOutput(context.as_mut_ptr());
     let dh = hidden / heads;
     let scale = 1.0 / (dh as f32).sqrt();
-    let mut scores = vec![0f32; n * n];
-    for head in 0..heads {
-        let offset = start * hidden + head * dh;
-        // scores[n, n] = Q_h K_h^T * scale, where Q_h and K_h are n x dh views with row stride
-        // `hidden`.
-        // SAFETY: the views stay inside q/k (rows start..start+n, columns of this head).
+    let width = 3 * hidden;
+    let tasks: Vec<(usize, usize, usize)> = starts
+        .iter()
+        .flat_map(|&(start, n)| (0..heads).map(move |head| (start, n, head)))
+        .collect();
+    tasks.par_iter().for_each(|&(start, n, head)| {
+        let q = qkv[start * width + head * dh..].as_ptr();
+        let k = qkv[start * width + hidden + head * dh..].as_ptr();
+        let v = qkv[start * width + 2 * hidden + head * dh..].as_ptr();
+        let mut scores = vec![0f32; n * n];
+        // SAFETY: Q_h, K_h, V_h are n x dh views with row stride 3h inside `qkv` (rows
+        // start..start+n, this head's columns); scores is n x n; the output block (rows
+        // start..start+n, columns of this head) belongs to this task alone.
         unsafe {
-            matrixmultiply::sgemm(
+            // scores = Q_h K_h^T / sqrt(dh)
+            gemm::gemm_serial(
                 n,
                 dh,
                 n,
                 scale,
-                q.as_ptr().add(offset),
-                hidden as isize,
-                1,
-                k.as_ptr().add(offset),
-                1,
-                hidden as isize,
-                0.0,
-                scores.as_mut_ptr(),
-                n as isize,
-                1,
+                View::rows(q, width),
+                View::transposed(k, width),
+                Destination::rows(scores.as_mut_ptr(), n),
+                false,
             );
-        }
-        for row in scores.chunks_mut(n) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            for s in row.iter_mut() {
-                *s /= sum;
-            }
-        }
-        // ctx_h[n, dh] = P V_h.
-        // SAFETY: as above; ctx has the same layout as q.
-        unsafe {
-            matrixmultiply::sgemm(
+            vector::softmax_rows(&mut scores, n);
+            // context_h = P V_h
+            gemm::gemm_serial(
                 n,
                 n,
                 dh,
                 1.0,
-                scores.as_ptr(),
-                n as isize,
-                1,
-                v.as_ptr().add(offset),
-                hidden as isize,
-                1,
-                0.0,
-                ctx.as_mut_ptr().add(offset),
-                hidden as isize,
-                1,
+                View::rows(scores.as_ptr(), n),
+                View::rows(v, width),
+                Destination::rows(output.at(start * hidden + head * dh), hidden),
+                false,
             );
         }
-    }
+    });
 }
 
 /// Token states of the last layer for `sequences` (token ids), rows in sequence order.
@@ -135,7 +94,9 @@ pub fn encode(config: &BertConfig, weights: &BertWeights, sequences: &[Vec<u32>]
     let total: usize = sequences.iter().map(Vec::len).sum();
     let mut x = vec![0f32; total * h];
     let mut row = 0;
+    let mut starts = Vec::with_capacity(sequences.len());
     for sequence in sequences {
+        starts.push((row, sequence.len()));
         for (position, id) in sequence.iter().enumerate() {
             let out = &mut x[row * h..(row + 1) * h];
             let word = &weights.word_embeddings[*id as usize * h..(*id as usize + 1) * h];
@@ -148,38 +109,24 @@ pub fn encode(config: &BertConfig, weights: &BertWeights, sequences: &[Vec<u32>]
         }
     }
     let eps = config.layer_norm_eps;
-    layer_norm(&weights.embeddings_norm, &mut x, h, eps);
+    let norm = &weights.embeddings_norm;
+    vector::add_layer_norm(&mut x, &[], &norm.weight, &norm.bias, eps);
 
+    // Scratch buffers, reused by every layer.
+    let (mut qkv, mut context, mut projected, mut inner) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for layer in &weights.layers {
-        let q = linear(&layer.query, &x, total);
-        let k = linear(&layer.key, &x, total);
-        let v = linear(&layer.value, &x, total);
-        let mut ctx = vec![0f32; total * h];
-        let mut start = 0;
-        for sequence in sequences {
-            attend(
-                &q,
-                &k,
-                &v,
-                &mut ctx,
-                start,
-                sequence.len(),
-                h,
-                config.num_attention_heads,
-            );
-            start += sequence.len();
-        }
-        let attention = linear(&layer.attention_output, &ctx, total);
-        add_in_place(&mut x, &attention);
-        layer_norm(&layer.attention_norm, &mut x, h, eps);
+        linear(&layer.qkv, &x, total, &mut qkv);
+        attention(&qkv, &starts, h, config.num_attention_heads, &mut context);
+        linear(&layer.attention_output, &context, total, &mut projected);
+        let norm = &layer.attention_norm;
+        vector::add_layer_norm(&mut x, &projected, &norm.weight, &norm.bias, eps);
 
-        let mut inner = linear(&layer.intermediate, &x, total);
-        for value in inner.iter_mut() {
-            *value = crate::cpu::gelu(*value);
-        }
-        let out = linear(&layer.output, &inner, total);
-        add_in_place(&mut x, &out);
-        layer_norm(&layer.output_norm, &mut x, h, eps);
+        linear(&layer.intermediate, &x, total, &mut inner);
+        vector::gelu_in_place(&mut inner);
+        linear(&layer.output, &inner, total, &mut projected);
+        let norm = &layer.output_norm;
+        vector::add_layer_norm(&mut x, &projected, &norm.weight, &norm.bias, eps);
     }
     x
 }

@@ -14,6 +14,21 @@ pub struct Linear {
     pub outputs: usize,
 }
 
+impl Linear {
+    /// One layer computing the outputs of `layers` (same inputs) side by side.
+    fn stack(layers: &[Linear]) -> Linear {
+        Linear {
+            weight: layers
+                .iter()
+                .flat_map(|l| l.weight.iter().copied())
+                .collect(),
+            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
+            inputs: layers.first().map_or(0, |l| l.inputs),
+            outputs: layers.iter().map(|l| l.outputs).sum(),
+        }
+    }
+}
+
 /// LayerNorm parameters.
 pub struct LayerNorm {
     pub weight: Vec<f32>,
@@ -22,9 +37,9 @@ pub struct LayerNorm {
 
 /// One encoder layer.
 pub struct Layer {
-    pub query: Linear,
-    pub key: Linear,
-    pub value: Linear,
+    /// Query, key and value projections stacked into one `[3 * hidden, hidden]` layer, so one
+    /// matrix product computes all three (columns `0..h` are Q, `h..2h` K, `2h..3h` V).
+    pub qkv: Linear,
     pub attention_output: Linear,
     pub attention_norm: LayerNorm,
     pub intermediate: Linear,
@@ -135,9 +150,11 @@ impl BertWeights {
                 .map(|i| {
                     let p = format!("encoder.layer.{i}");
                     Layer {
-                        query: reader.linear(&format!("{p}.attention.self.query"), h, h),
-                        key: reader.linear(&format!("{p}.attention.self.key"), h, h),
-                        value: reader.linear(&format!("{p}.attention.self.value"), h, h),
+                        qkv: Linear::stack(&[
+                            reader.linear(&format!("{p}.attention.self.query"), h, h),
+                            reader.linear(&format!("{p}.attention.self.key"), h, h),
+                            reader.linear(&format!("{p}.attention.self.value"), h, h),
+                        ]),
                         attention_output: reader.linear(
                             &format!("{p}.attention.output.dense"),
                             h,
