@@ -219,14 +219,22 @@ impl Pool {
         }
     }
 
-    /// Time spent in GPU work on device `index` since the pool was made.
+    /// Time spent in GPU work on device `index` since the pool was made: on a CUDA device what
+    /// CUDA events measured of every session's work (collected when sessions end), on the CPU
+    /// backend the compute time reported with [`Pool::record_busy`].
     pub fn busy(&self, index: usize) -> Duration {
-        self.busy_us.get(index).map_or(Duration::ZERO, |us| {
+        let recorded = self.busy_us.get(index).map_or(Duration::ZERO, |us| {
             Duration::from_micros(us.load(Ordering::Relaxed))
-        })
+        });
+        let measured = match &self.backend {
+            Backend::Cuda { devices } => devices.get(index).map_or(Duration::ZERO, |d| d.busy()),
+            Backend::Cpu { .. } => Duration::ZERO,
+        };
+        recorded + measured
     }
 
-    /// Adds `duration` of GPU work to device `index`'s busy time.
+    /// Adds `duration` of work measured by the caller (CPU backend compute) to device
+    /// `index`'s busy time.
     pub fn record_busy(&self, index: usize, duration: Duration) {
         if let Some(us) = self.busy_us.get(index) {
             us.fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
@@ -289,6 +297,21 @@ impl Session {
     /// The device's index in the pool.
     pub fn device_index(&self) -> usize {
         self.device_index
+    }
+
+    /// Whether the session's GPU time is measured on the device (CUDA events), so callers
+    /// must not count their own wall time of its calls as GPU time.
+    pub fn measures_device_time(&self) -> bool {
+        matches!(self.placement, Placement::Cuda(_))
+    }
+
+    /// GPU time of this session's work, measured with CUDA events on its stream (waits for the
+    /// work enqueued so far). Zero on the CPU backend, where callers time the calls themselves.
+    pub fn device_time(&self) -> Duration {
+        match &self.placement {
+            Placement::Cuda(lease) => lease.device_time(),
+            Placement::Cpu => Duration::ZERO,
+        }
     }
 
     /// Bytes this invocation may still allocate (the tightest of its budgets).

@@ -98,3 +98,52 @@ fn device_memory_is_charged_and_released() {
     drop(session);
     assert_eq!(pool.used_bytes(), before);
 }
+
+/// Spins on the device for `ns` nanoseconds of the GPU's global timer.
+const SPIN: &str = r#"
+extern "C" __global__ void spin(unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}
+"#;
+
+#[test]
+fn gpu_time_is_measured_with_events_on_the_stream() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let session = pool.session(common::session_limits(1 << 30, true)).unwrap();
+    let device = session.device_index();
+    let busy_before = pool.busy(device);
+    assert!(session.measures_device_time());
+    assert_eq!(session.device_time(), std::time::Duration::ZERO);
+    let kernel = session.compile_kernel(SPIN, "spin").unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        session
+            .launch(
+                &kernel,
+                (1, 1, 1),
+                (1, 1, 1),
+                0,
+                &[KernelArg::U64(20_000_000)],
+            )
+            .unwrap();
+        // Host time between ops is not GPU time.
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+    let wall = started.elapsed();
+    let gpu = session.device_time();
+    println!("two 20 ms spins: {gpu:?} of GPU time in {wall:?} of wall time");
+    assert!(gpu >= std::time::Duration::from_millis(38), "{gpu:?}");
+    assert!(
+        gpu <= std::time::Duration::from_millis(55),
+        "the 60 ms of host sleep are not GPU time: {gpu:?}"
+    );
+    drop(session);
+    // Other tests may add to the device's busy time too, never subtract.
+    assert!(pool.busy(device) - busy_before >= std::time::Duration::from_millis(38));
+}

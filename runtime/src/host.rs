@@ -91,9 +91,16 @@ impl InvocationState {
         }
     }
 
-    /// What this invocation used of the GPU so far.
+    /// What this invocation used of the GPU so far. May wait for its GPU work to finish
+    /// (see [`InvocationState::gpu_may_wait`]).
     pub fn gpu_usage(&self) -> crate::gpu::GpuUsage {
         self.gpu.usage()
+    }
+
+    /// Whether reading the GPU usage or dropping this state may wait for a GPU stream, so it
+    /// belongs off the async runtime's threads.
+    pub fn gpu_may_wait(&self) -> bool {
+        self.gpu.on_device()
     }
 }
 

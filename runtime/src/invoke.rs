@@ -253,8 +253,21 @@ where
             .await;
             let memory_denied = store.data().limiter.denied_bytes;
             let memory_peak = store.data().limiter.peak_bytes as u64;
-            let gpu = store.data().gpu_usage();
-            drop(store);
+            // On a GPU, the usage (CUDA-event time) and the end of the session wait for the
+            // invocation's stream: do that on the blocking pool, not on an async thread.
+            let gpu = if store.data().gpu_may_wait() {
+                tokio::task::spawn_blocking(move || {
+                    let gpu = store.data().gpu_usage();
+                    drop(store);
+                    gpu
+                })
+                .await
+                .unwrap_or_default()
+            } else {
+                let gpu = store.data().gpu_usage();
+                drop(store);
+                gpu
+            };
             if let Some((budget, spend)) = budget {
                 let gpu_us = gpu.busy.as_micros() as u64;
                 spend.charge(&budget, crate::gpu_budget::now_ms(), gpu_us);

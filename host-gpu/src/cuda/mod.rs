@@ -6,6 +6,7 @@
 //! touching them, so a machine without CUDA gets an explanation, not a panic.
 
 mod builtins;
+mod timing;
 
 use crate::error::{ErrorKind, GpuError, GpuResult};
 use crate::memory::MemoryBudget;
@@ -17,8 +18,10 @@ use cudarc::driver::{
     LaunchConfig, PushKernelArg, sys::cudaError_enum,
 };
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use timing::StreamTimer;
 
 /// Fraction of a device's memory that tensors may use (the rest is for contexts, cuBLAS
 /// workspaces and resident models).
@@ -39,11 +42,14 @@ pub struct CudaDevice {
     builtins: OnceLock<Result<builtins::Builtins, GpuError>>,
     kernels: Mutex<HashMap<(String, String), Arc<CompiledKernel>>>,
     faulted: AtomicBool,
+    /// GPU time of all sessions' work, in nanoseconds, as measured by CUDA events.
+    busy_ns: AtomicU64,
 }
 
 struct StreamSlot {
     stream: Arc<CudaStream>,
     blas: Arc<CudaBlas>,
+    timer: StreamTimer,
 }
 
 /// A stream of one device leased to one session; returned to the device's pool on drop.
@@ -130,6 +136,7 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
             builtins: OnceLock::new(),
             kernels: Mutex::new(HashMap::new()),
             faulted: AtomicBool::new(false),
+            busy_ns: AtomicU64::new(0),
         }));
     }
     Ok(devices)
@@ -202,6 +209,7 @@ impl CudaDevice {
                 StreamSlot {
                     stream,
                     blas: Arc::new(blas),
+                    timer: StreamTimer::default(),
                 }
             }
         };
@@ -210,6 +218,17 @@ impl CudaDevice {
             device: self.clone(),
             slot: Some(slot),
         })
+    }
+
+    /// GPU time of all work run on the device so far (CUDA events), up to the last time each
+    /// session's timings were collected.
+    pub fn busy(&self) -> Duration {
+        Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
+    }
+
+    fn add_busy(&self, time: Duration) {
+        self.busy_ns
+            .fetch_add(time.as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// Maps a driver error, taking the device out of service if the error is sticky.
@@ -240,7 +259,12 @@ impl Drop for StreamLease {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
             // Wait for this session's work before the stream serves someone else.
-            if slot.stream.synchronize().is_ok() && !self.device.is_faulted() {
+            let finished = slot.stream.synchronize().is_ok();
+            if finished {
+                self.device.add_busy(slot.timer.collect(true));
+            }
+            slot.timer.take_total();
+            if finished && !self.device.is_faulted() {
                 self.device
                     .idle
                     .lock()
@@ -279,6 +303,26 @@ impl StreamLease {
         &self.slot.as_ref().expect("leased").stream
     }
 
+    fn timer(&self) -> &StreamTimer {
+        &self.slot.as_ref().expect("leased").timer
+    }
+
+    /// Runs `work`, which enqueues on this lease's stream, between two timing events.
+    fn timed<R>(&self, work: impl FnOnce() -> GpuResult<R>) -> GpuResult<R> {
+        self.timer().time(&self.device.ctx, self.stream(), work)
+    }
+
+    /// GPU time of this lease's work so far, measured with CUDA events on its stream. Waits
+    /// for the work enqueued so far to finish, so every op is counted.
+    pub fn device_time(&self) -> Duration {
+        if self.stream().synchronize().is_ok() {
+            self.device.add_busy(self.timer().collect(true));
+        } else {
+            self.device.add_busy(self.timer().collect(false));
+        }
+        self.timer().total()
+    }
+
     fn check(&self, context: &str, result: Result<(), DriverError>) -> GpuResult<()> {
         result.map_err(|e| self.device.fault(context, e))
     }
@@ -293,32 +337,36 @@ impl StreamLease {
 
     /// Copies bytes to a new device buffer.
     pub fn upload(&self, data: &[u8]) -> GpuResult<DeviceBuffer> {
-        if data.is_empty() {
-            return self.alloc(0);
-        }
-        let slice = self
-            .stream()
-            .clone_htod(data)
-            .map_err(|e| self.device.fault("copying to the device", e))?;
-        Ok(DeviceBuffer {
-            slice,
-            len: data.len(),
+        self.timed(|| {
+            if data.is_empty() {
+                return self.alloc(0);
+            }
+            let slice = self
+                .stream()
+                .clone_htod(data)
+                .map_err(|e| self.device.fault("copying to the device", e))?;
+            Ok(DeviceBuffer {
+                slice,
+                len: data.len(),
+            })
         })
     }
 
     /// A zeroed device buffer.
     pub fn zeros(&self, len: usize) -> GpuResult<DeviceBuffer> {
-        self.alloc(len)
+        self.timed(|| self.alloc(len))
     }
 
     /// Copies a buffer back (waits for the stream).
     pub fn download(&self, buffer: &DeviceBuffer) -> GpuResult<Vec<u8>> {
-        let mut bytes = self
-            .stream()
-            .clone_dtoh(&buffer.slice)
-            .map_err(|e| self.device.fault("copying from the device", e))?;
-        bytes.truncate(buffer.len);
-        Ok(bytes)
+        self.timed(|| {
+            let mut bytes = self
+                .stream()
+                .clone_dtoh(&buffer.slice)
+                .map_err(|e| self.device.fault("copying from the device", e))?;
+            bytes.truncate(buffer.len);
+            Ok(bytes)
+        })
     }
 
     /// Row-major `[m, k] x [k, n]` with cuBLAS.
@@ -330,36 +378,38 @@ impl StreamLease {
         k: usize,
         n: usize,
     ) -> GpuResult<DeviceBuffer> {
-        let mut out = self.alloc(m * n * 4)?;
-        if m == 0 || n == 0 || k == 0 {
-            return Ok(out);
-        }
-        let blas = &self.slot.as_ref().expect("leased").blas;
-        // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
-        let config = GemmConfig {
-            transa: cublasOperation_t::CUBLAS_OP_N,
-            transb: cublasOperation_t::CUBLAS_OP_N,
-            m: n as i32,
-            n: m as i32,
-            k: k as i32,
-            alpha: 1.0f32,
-            lda: n as i32,
-            ldb: k as i32,
-            beta: 0.0f32,
-            ldc: n as i32,
-        };
-        // SAFETY: the buffers hold m*k, k*n and m*n f32 values (checked by the caller's shapes).
-        unsafe {
-            let a_view = a.slice.transmute::<f32>(m * k).expect("a holds m*k f32");
-            let b_view = b.slice.transmute::<f32>(k * n).expect("b holds k*n f32");
-            let mut c_view = out
-                .slice
-                .transmute_mut::<f32>(m * n)
-                .expect("c holds m*n f32");
-            blas.gemm(config, &b_view, &a_view, &mut c_view)
-                .map_err(|e| GpuError::device("cuBLAS sgemm", format!("{e:?}")))?;
-        }
-        Ok(out)
+        self.timed(|| {
+            let mut out = self.alloc(m * n * 4)?;
+            if m == 0 || n == 0 || k == 0 {
+                return Ok(out);
+            }
+            let blas = &self.slot.as_ref().expect("leased").blas;
+            // Row-major C = A B is column-major C^T = B^T A^T: swap the operands.
+            let config = GemmConfig {
+                transa: cublasOperation_t::CUBLAS_OP_N,
+                transb: cublasOperation_t::CUBLAS_OP_N,
+                m: n as i32,
+                n: m as i32,
+                k: k as i32,
+                alpha: 1.0f32,
+                lda: n as i32,
+                ldb: k as i32,
+                beta: 0.0f32,
+                ldc: n as i32,
+            };
+            // SAFETY: the buffers hold m*k, k*n and m*n f32 values (checked by the caller's shapes).
+            unsafe {
+                let a_view = a.slice.transmute::<f32>(m * k).expect("a holds m*k f32");
+                let b_view = b.slice.transmute::<f32>(k * n).expect("b holds k*n f32");
+                let mut c_view = out
+                    .slice
+                    .transmute_mut::<f32>(m * n)
+                    .expect("c holds m*n f32");
+                blas.gemm(config, &b_view, &a_view, &mut c_view)
+                    .map_err(|e| GpuError::device("cuBLAS sgemm", format!("{e:?}")))?;
+            }
+            Ok(out)
+        })
     }
 
     /// Binary op with broadcasting.
@@ -372,44 +422,46 @@ impl StreamLease {
         b_shape: &[usize],
         out_shape: &[usize],
     ) -> GpuResult<DeviceBuffer> {
-        let n = crate::shape::elements(out_shape);
-        let out = self.alloc(n * 4)?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let mut geometry = Broadcast {
-            rank: out_shape.len() as i64,
-            dims: [1; 8],
-            strides_a: [0; 8],
-            strides_b: [0; 8],
-        };
-        let sa = crate::shape::broadcast_strides(a_shape, out_shape);
-        let sb = crate::shape::broadcast_strides(b_shape, out_shape);
-        for (i, d) in out_shape.iter().enumerate() {
-            geometry.dims[i] = *d as i64;
-            geometry.strides_a[i] = sa[i] as i64;
-            geometry.strides_b[i] = sb[i] as i64;
-        }
-        let builtins = self.device.builtins()?;
-        let count = n as i64;
-        let code: i32 = match op {
-            Binary::Add => 0,
-            Binary::Mul => 1,
-        };
-        let mut launch = self.stream().launch_builder(&builtins.binary);
-        launch
-            .arg(&a.slice)
-            .arg(&b.slice)
-            .arg(&out.slice)
-            .arg(&count)
-            .arg(&code)
-            .arg(&geometry);
-        // SAFETY: the kernel's signature matches these arguments; sizes were checked.
-        self.check(
-            "launching `binary`",
-            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
-        )?;
-        Ok(out)
+        self.timed(|| {
+            let n = crate::shape::elements(out_shape);
+            let out = self.alloc(n * 4)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            let mut geometry = Broadcast {
+                rank: out_shape.len() as i64,
+                dims: [1; 8],
+                strides_a: [0; 8],
+                strides_b: [0; 8],
+            };
+            let sa = crate::shape::broadcast_strides(a_shape, out_shape);
+            let sb = crate::shape::broadcast_strides(b_shape, out_shape);
+            for (i, d) in out_shape.iter().enumerate() {
+                geometry.dims[i] = *d as i64;
+                geometry.strides_a[i] = sa[i] as i64;
+                geometry.strides_b[i] = sb[i] as i64;
+            }
+            let builtins = self.device.builtins()?;
+            let count = n as i64;
+            let code: i32 = match op {
+                Binary::Add => 0,
+                Binary::Mul => 1,
+            };
+            let mut launch = self.stream().launch_builder(&builtins.binary);
+            launch
+                .arg(&a.slice)
+                .arg(&b.slice)
+                .arg(&out.slice)
+                .arg(&count)
+                .arg(&code)
+                .arg(&geometry);
+            // SAFETY: the kernel's signature matches these arguments; sizes were checked.
+            self.check(
+                "launching `binary`",
+                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+            )?;
+            Ok(out)
+        })
     }
 
     /// Unary element-wise op.
@@ -419,53 +471,57 @@ impl StreamLease {
         a: &DeviceBuffer,
         n: usize,
     ) -> GpuResult<DeviceBuffer> {
-        let out = self.alloc(n * 4)?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let builtins = self.device.builtins()?;
-        let (code, factor): (i32, f32) = match op {
-            Elementwise::Relu => (0, 0.0),
-            Elementwise::Gelu => (1, 0.0),
-            Elementwise::Scale(factor) => (2, factor),
-        };
-        let count = n as i64;
-        let mut launch = self.stream().launch_builder(&builtins.unary);
-        launch
-            .arg(&a.slice)
-            .arg(&out.slice)
-            .arg(&count)
-            .arg(&code)
-            .arg(&factor);
-        // SAFETY: matches the kernel's signature.
-        self.check(
-            "launching `unary`",
-            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
-        )?;
-        Ok(out)
+        self.timed(|| {
+            let out = self.alloc(n * 4)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            let builtins = self.device.builtins()?;
+            let (code, factor): (i32, f32) = match op {
+                Elementwise::Relu => (0, 0.0),
+                Elementwise::Gelu => (1, 0.0),
+                Elementwise::Scale(factor) => (2, factor),
+            };
+            let count = n as i64;
+            let mut launch = self.stream().launch_builder(&builtins.unary);
+            launch
+                .arg(&a.slice)
+                .arg(&out.slice)
+                .arg(&count)
+                .arg(&code)
+                .arg(&factor);
+            // SAFETY: matches the kernel's signature.
+            self.check(
+                "launching `unary`",
+                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+            )?;
+            Ok(out)
+        })
     }
 
     /// Softmax over rows.
     pub fn softmax(&self, a: &DeviceBuffer, rows: usize, cols: usize) -> GpuResult<DeviceBuffer> {
-        let out = self.alloc(rows * cols * 4)?;
-        if rows == 0 || cols == 0 {
-            return Ok(out);
-        }
-        let builtins = self.device.builtins()?;
-        let (r, c) = (rows as i64, cols as i64);
-        let mut launch = self.stream().launch_builder(&builtins.softmax);
-        launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c);
-        let config = LaunchConfig {
-            grid_dim: (rows.min(i32::MAX as usize) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: BLOCK * 4,
-        };
-        // SAFETY: matches the kernel's signature; one block per row.
-        self.check(
-            "launching `softmax`",
-            unsafe { launch.launch(config) }.map(|_| ()),
-        )?;
-        Ok(out)
+        self.timed(|| {
+            let out = self.alloc(rows * cols * 4)?;
+            if rows == 0 || cols == 0 {
+                return Ok(out);
+            }
+            let builtins = self.device.builtins()?;
+            let (r, c) = (rows as i64, cols as i64);
+            let mut launch = self.stream().launch_builder(&builtins.softmax);
+            launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c);
+            let config = LaunchConfig {
+                grid_dim: (rows.min(i32::MAX as usize) as u32, 1, 1),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: BLOCK * 4,
+            };
+            // SAFETY: matches the kernel's signature; one block per row.
+            self.check(
+                "launching `softmax`",
+                unsafe { launch.launch(config) }.map(|_| ()),
+            )?;
+            Ok(out)
+        })
     }
 
     /// Sum (divided by `divisor`) over the middle axis of `(outer, n, inner)`.
@@ -477,27 +533,29 @@ impl StreamLease {
         inner: usize,
         divisor: f32,
     ) -> GpuResult<DeviceBuffer> {
-        let count = outer * inner;
-        let out = self.alloc(count * 4)?;
-        if count == 0 {
-            return Ok(out);
-        }
-        let builtins = self.device.builtins()?;
-        let (o, l, i) = (outer as i64, n as i64, inner as i64);
-        let mut launch = self.stream().launch_builder(&builtins.reduce);
-        launch
-            .arg(&a.slice)
-            .arg(&out.slice)
-            .arg(&o)
-            .arg(&l)
-            .arg(&i)
-            .arg(&divisor);
-        // SAFETY: matches the kernel's signature.
-        self.check(
-            "launching `reduce`",
-            unsafe { launch.launch(grid_for(count)) }.map(|_| ()),
-        )?;
-        Ok(out)
+        self.timed(|| {
+            let count = outer * inner;
+            let out = self.alloc(count * 4)?;
+            if count == 0 {
+                return Ok(out);
+            }
+            let builtins = self.device.builtins()?;
+            let (o, l, i) = (outer as i64, n as i64, inner as i64);
+            let mut launch = self.stream().launch_builder(&builtins.reduce);
+            launch
+                .arg(&a.slice)
+                .arg(&out.slice)
+                .arg(&o)
+                .arg(&l)
+                .arg(&i)
+                .arg(&divisor);
+            // SAFETY: matches the kernel's signature.
+            self.check(
+                "launching `reduce`",
+                unsafe { launch.launch(grid_for(count)) }.map(|_| ()),
+            )?;
+            Ok(out)
+        })
     }
 
     /// Transpose of a `[rows, cols]` matrix of `size`-byte elements.
@@ -508,21 +566,23 @@ impl StreamLease {
         cols: usize,
         size: usize,
     ) -> GpuResult<DeviceBuffer> {
-        let n = rows * cols;
-        let out = self.alloc(n * size)?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let builtins = self.device.builtins()?;
-        let (r, c, s) = (rows as i64, cols as i64, size as i32);
-        let mut launch = self.stream().launch_builder(&builtins.transpose);
-        launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c).arg(&s);
-        // SAFETY: matches the kernel's signature.
-        self.check(
-            "launching `transpose`",
-            unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
-        )?;
-        Ok(out)
+        self.timed(|| {
+            let n = rows * cols;
+            let out = self.alloc(n * size)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            let builtins = self.device.builtins()?;
+            let (r, c, s) = (rows as i64, cols as i64, size as i32);
+            let mut launch = self.stream().launch_builder(&builtins.transpose);
+            launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c).arg(&s);
+            // SAFETY: matches the kernel's signature.
+            self.check(
+                "launching `transpose`",
+                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+            )?;
+            Ok(out)
+        })
     }
 
     /// Compiles (or finds in the device's cache) a custom kernel.
@@ -571,6 +631,7 @@ impl StreamLease {
         shared_mem_bytes: u32,
         args: &[KernelArg<'_>],
     ) -> GpuResult<()> {
+        self.timed(|| {
         if kernel.ordinal != self.device.ordinal {
             return Err(GpuError::invalid(
                 "the kernel was compiled for another device",
@@ -625,5 +686,6 @@ impl StreamLease {
             unsafe { launch.launch(config) }.map(|_| ()),
         )?;
         self.check("running the kernel", self.stream().synchronize())
+        })
     }
 }

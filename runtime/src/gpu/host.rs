@@ -46,7 +46,9 @@ async fn run<R: Send + 'static>(
 }
 
 impl GpuView<'_> {
-    /// [`run`], counting the time as GPU time of the invocation.
+    /// [`run`], counting the time as GPU time of the invocation on the CPU backend. On CUDA
+    /// the session measures its device time itself with CUDA events, so the host's wall time
+    /// (which includes waiting) is not counted.
     pub(super) async fn timed<R: Send + 'static>(
         &mut self,
         cost: usize,
@@ -54,8 +56,13 @@ impl GpuView<'_> {
     ) -> wasmtime::Result<R> {
         let started = std::time::Instant::now();
         let result = run(cost, work).await;
-        let device = self.ctx.session.as_ref().map(|s| s.device_index());
-        self.ctx.record_busy(started.elapsed(), device);
+        match self.ctx.session.as_ref() {
+            Some(session) if session.measures_device_time() => {}
+            session => {
+                let device = session.map(|s| s.device_index());
+                self.ctx.record_busy(started.elapsed(), device);
+            }
+        }
         result
     }
 

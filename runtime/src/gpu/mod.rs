@@ -52,14 +52,16 @@ pub struct GpuCtx {
     models: Arc<crate::models::ModelRegistry>,
     limits: SessionLimits,
     session: Option<Arc<Session>>,
-    /// Time spent in GPU calls (device work and waits; compute on the CPU backend).
+    /// GPU time counted by the runtime: CPU-backend compute and host-side model calls. CUDA
+    /// work is measured by the session with CUDA events and added in [`GpuCtx::usage`].
     busy: std::time::Duration,
 }
 
 /// What one invocation used of the GPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct GpuUsage {
-    /// Time spent in GPU calls.
+    /// Time spent in GPU work: CUDA-event time of the invocation's stream on a GPU, compute
+    /// time of its calls on the CPU backend (and of host-side model calls).
     pub busy: std::time::Duration,
     /// The most bytes held at once.
     pub peak_bytes: u64,
@@ -108,10 +110,23 @@ impl GpuCtx {
         (self.pool.backend() == "cpu").then_some(0)
     }
 
-    /// What this invocation used so far (zero if it never touched the GPU).
+    /// Whether the invocation holds a stream of a CUDA device (its usage and its end wait for
+    /// the stream).
+    pub fn on_device(&self) -> bool {
+        self.session
+            .as_ref()
+            .is_some_and(|s| s.measures_device_time())
+    }
+
+    /// What this invocation used so far (zero if it never touched the GPU). On CUDA this
+    /// waits for the invocation's enqueued GPU work, so its device time is complete.
     pub fn usage(&self) -> GpuUsage {
+        let device_time = self
+            .session
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |s| s.device_time());
         GpuUsage {
-            busy: self.busy,
+            busy: self.busy + device_time,
             peak_bytes: self.session.as_ref().map_or(0, |s| s.peak_bytes()),
             byte_seconds: self.session.as_ref().map_or(0.0, |s| s.byte_seconds()),
         }
