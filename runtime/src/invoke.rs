@@ -212,6 +212,9 @@ where
     let deadline = Instant::now() + timeout;
     let mut store = Store::new(node.engine(), InvocationState::new(&info));
     store.limiter(|state| &mut state.limiter);
+    // One host call may take as much data as the guest can hold (a tensor upload as large as
+    // its memory), not only wasmtime's default 128 MiB; the memory cap still bounds it.
+    store.set_hostcall_fuel(hostcall_fuel(settings.memory_bytes));
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {
@@ -302,6 +305,15 @@ where
             Err(classify_failure(function, outcome, memory_denied, timeout))
         }
     }
+}
+
+/// wasmtime's default limit on the bytes one guest-to-host call may pass.
+const DEFAULT_HOSTCALL_FUEL: u64 = 128 << 20;
+
+/// The bytes one guest-to-host call may pass: everything a guest with `memory_bytes` of
+/// linear memory can hold, and never less than wasmtime's default.
+fn hostcall_fuel(memory_bytes: u64) -> usize {
+    usize::try_from(memory_bytes.max(DEFAULT_HOSTCALL_FUEL)).unwrap_or(usize::MAX)
 }
 
 /// 429 once the function has spent its GPU budget for the current period.

@@ -151,6 +151,21 @@ fn gpu_memory_is_released_after_success_trap_and_timeout() {
 }
 
 #[test]
+fn tensors_larger_than_wasmtimes_default_hostcall_limit_upload() {
+    // wasmtime lets one guest-to-host call pass 128 MiB by default; a function with more
+    // memory and GPU quota than that must be able to upload a tensor of that size.
+    let node = Node::start();
+    node.deploy(
+        &guests().gpu_hold,
+        "big",
+        &["--memory", "512MiB", "--gpu-memory", "512MiB"],
+    );
+    let reply = node.get("/fn/big/?mb=1&upload_mb=160");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_for_gpu_used(&node, 0);
+}
+
+#[test]
 fn gpu_quotas_are_enforced_per_invocation_and_per_function() {
     let node = Node::start();
     node.deploy(&guests().gpu_hold, "small", &["--gpu-memory", "4MiB"]);

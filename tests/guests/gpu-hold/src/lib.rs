@@ -1,4 +1,5 @@
-//! Allocates `?mb=N` MiB of GPU memory, then `?then=`: `ok` (answers at once), `trap` (panics),
+//! Allocates `?mb=N` MiB of GPU memory (plus, with `?upload_mb=M`, a tensor of `M` MiB
+//! uploaded from guest memory, checked by reading its last byte back), then `?then=`: `ok` (answers at once), `trap` (panics),
 //! `loop` (spins until the timeout), `sleep` (sleeps `?ms=` then answers), `work` (multiplies
 //! two `?n=`×`?n=` matrices `?reps=` times on the GPU). Errors from the pool are answered as
 //! JSON with their kind.
@@ -30,6 +31,24 @@ fn handle(request: Request) -> Response {
     let held = match Tensor::zeros(DType::U8, &[mb, 1 << 20]) {
         Ok(tensor) => tensor,
         Err(error) => return Response::from(&error),
+    };
+    let upload_mb: u32 = number(&request, "upload_mb", 0);
+    let _uploaded = if upload_mb > 0 {
+        let mut data = vec![7u8; (upload_mb as usize) << 20];
+        *data.last_mut().expect("not empty") = 42;
+        let tensor = match Tensor::from_bytes(DType::U8, &[upload_mb, 1 << 20], &data) {
+            Ok(tensor) => tensor,
+            Err(error) => return Response::from(&error),
+        };
+        drop(data);
+        match tensor.to_bytes() {
+            Ok(back) if back.len() == (upload_mb as usize) << 20 && back.last() == Some(&42) => {}
+            Ok(_) => return Response::text(500, "the uploaded tensor came back different\n"),
+            Err(error) => return Response::from(&error),
+        }
+        Some(tensor)
+    } else {
+        None
     };
     match then.as_str() {
         "trap" => panic!("gpu-hold: trapping while holding {mb} MiB"),
