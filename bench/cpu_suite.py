@@ -33,8 +33,10 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "target", "bench-tools")
-FNCTL = os.path.join(ROOT, "target", "release", "fnctl")
-GUESTS = os.path.join(ROOT, "target", "wasm-guests", "wasm32-wasip2", "release")
+# FLINT_BIN_DIR / FLINT_GUESTS_DIR point elsewhere (the GPU kit of scripts/bench-gpu.sh).
+BIN_DIR = os.environ.get("FLINT_BIN_DIR", os.path.join(ROOT, "target", "release"))
+FNCTL = os.path.join(BIN_DIR, "fnctl")
+GUESTS = os.environ.get("FLINT_GUESTS_DIR", os.path.join(ROOT, "target", "wasm-guests", "wasm32-wasip2", "release"))
 MODEL_DIR = os.environ.get("FLINT_MINILM_DIR", os.path.join(ROOT, "target", "models", "all-MiniLM-L6-v2"))
 WASMTIME = os.path.join(TOOLS, "bin", "wasmtime")
 VENV_PYTHON = os.path.join(TOOLS, "venv", "bin", "python")

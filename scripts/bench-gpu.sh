@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite, in two halves, because the GPU machines have no Rust toolchain and
+# cannot fetch anything:
+#
+#   scripts/bench-gpu.sh --build   on a Rust machine: builds release fnctl, flint-gpu-bench,
+#                                  flint-load and the guests, installs the model, and packs them
+#                                  into target/gpu-kit/ (see below)
+#   scripts/bench-gpu.sh [ARGS]    on the GPU machine: runs bench/gpu_suite.py ARGS with the kit
+#
+# The kit is three folders, each under one device call's 64 MiB carry limit:
+# target/gpu-kit/a (stripped binaries, guests and the model's small files, ~31 MiB),
+# target/gpu-kit/m0 and target/gpu-kit/m1 (the two halves of model.safetensors, ~44 MiB each).
+# Carried paths stay on a warm machine between calls, so: carry `a` and run the `calls`
+# section (it needs no model), then carry `m0` in a second call and `m1` in a third, which runs
+# the rest; the run joins the halves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+KIT=$ROOT/target/gpu-kit
+
+if [ "${1:-}" = "--build" ]; then
+    ./scripts/setup.sh
+    ./scripts/install-model.sh
+    echo "== building release binaries and the guests" >&2
+    cargo build --release --locked -p flint-runtime --bin fnctl --bin flint-load
+    cargo build --release --locked -p flint-gpu --bin flint-gpu-bench
+    for manifest in examples/Cargo.toml bench/guests/Cargo.toml; do
+        CARGO_TARGET_DIR=$ROOT/target/wasm-guests cargo build --release --locked \
+            --target wasm32-wasip2 --workspace --manifest-path "$manifest"
+    done
+    rm -rf "$KIT" && mkdir -p "$KIT/a/bin" "$KIT/a/guests" "$KIT/a/model" "$KIT/m0" "$KIT/m1"
+    for bin in fnctl flint-gpu-bench flint-load; do
+        strip -o "$KIT/a/bin/$bin" "target/release/$bin"
+    done
+    cp target/wasm-guests/wasm32-wasip2/release/*.wasm "$KIT/a/guests/"
+    MODEL=target/models/all-MiniLM-L6-v2
+    (cd "$MODEL" && tar cf - --exclude=model.safetensors .) | tar xf - -C "$KIT/a/model"
+    half=$(( ($(stat -c %s "$MODEL/model.safetensors") + 1) / 2 ))
+    head -c "$half" "$MODEL/model.safetensors" >"$KIT/m0/model.safetensors.part0"
+    tail -c +"$((half + 1))" "$MODEL/model.safetensors" >"$KIT/m1/model.safetensors.part1"
+    du -sh "$KIT"/* >&2
+    echo "kit ready: carry target/gpu-kit/a, then target/gpu-kit/m0, then target/gpu-kit/m1" >&2
+    exit 0
+fi
+
+if [ -d "$KIT/a" ]; then
+    MODEL_DIR=$KIT/a/model
+    if [ ! -f "$MODEL_DIR/model.safetensors" ] && [ -f "$KIT/m0/model.safetensors.part0" ] \
+        && [ -f "$KIT/m1/model.safetensors.part1" ]; then
+        cat "$KIT/m0/model.safetensors.part0" "$KIT/m1/model.safetensors.part1" >"$MODEL_DIR/model.safetensors"
+    fi
+    export FLINT_BIN_DIR=$KIT/a/bin FLINT_GUESTS_DIR=$KIT/a/guests FLINT_MINILM_DIR=$MODEL_DIR
+fi
+exec python3 bench/gpu_suite.py "$@"
