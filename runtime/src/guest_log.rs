@@ -58,6 +58,7 @@ pub struct LogLine {
 struct Buffer {
     lines: VecDeque<LogLine>,
     next_seq: u64,
+    /// The rotated log file, open once the function has printed.
     file: Option<std::fs::File>,
 }
 
@@ -87,6 +88,11 @@ impl FunctionLog {
             line: line.to_string(),
         };
         buffer.next_seq += 1;
+        // Opened on the first line, not on the first invocation: a node with thousands of
+        // functions keeps a file descriptor only for those that print.
+        if buffer.file.is_none() {
+            buffer.file = open_append(&self.path);
+        }
         if let Some(file) = buffer.file.as_mut() {
             let _ = writeln!(
                 file,
@@ -166,7 +172,7 @@ impl GuestLogs {
                     buffer: Mutex::new(Buffer {
                         lines: VecDeque::new(),
                         next_seq: 1,
-                        file: open_append(&path),
+                        file: None,
                     }),
                     path,
                     changed: tokio::sync::Notify::new(),

@@ -228,6 +228,9 @@ fn gpu_use_is_metered() {
 fn guest_output_shows_up_in_fnctl_logs_with_invocation_ids() {
     let node = Node::start();
     node.deploy(&guests().misbehave, "raw", &[]);
+    // A function that has not printed has no log file (and holds no file descriptor for one).
+    assert_eq!(node.get("/fn/raw/echo").status, 200);
+    assert!(!node.data.join("logs/raw.log").exists());
     let first = node.get("/fn/raw/print?lines=3");
     let second = node.get("/fn/raw/print?lines=2");
     let id1 = first.header("x-flint-invocation-id").unwrap().to_string();
