@@ -338,14 +338,17 @@ def flint_embed_rate(node, texts, batch, seconds):
     return done * batch / elapsed
 
 
-def bench_minilm(args):
-    if not os.path.exists(VENV_PYTHON):
-        return {"skipped": "no PyTorch venv (scripts/bench.sh makes it)"}
+def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
+    """MiniLM through examples/embed vs PyTorch + sentence-transformers (`python` runs it on
+    `torch_device`; 0 threads: torch's default), seq 128 and 256, batch 1, 8, 32."""
+    if not os.path.exists(python):
+        return {"skipped": f"no Python with PyTorch at {python} (scripts/bench.sh makes one)"}
     node = FlintNode(log_level="warn")
-    out = {}
+    out = {"torch_device": torch_device}
     try:
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
         node.add_model("minilm", MODEL_DIR)
+        out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
         for seq in (128, 256):
             texts = texts_of_tokens(seq, 64)
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -356,9 +359,9 @@ def bench_minilm(args):
                 for _ in range(args.runs):
                     flint_runs.append(flint_embed_rate(node, texts, batch, args.seconds))
                     torch = subprocess.run(
-                        [VENV_PYTHON, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", MODEL_DIR,
+                        [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", MODEL_DIR,
                          "--texts", texts_file, "--batch", str(batch), "--seconds", str(args.seconds),
-                         "--device", "cpu", "--threads", "2"],
+                         "--device", torch_device, "--threads", str(torch_threads)],
                         capture_output=True, text=True, check=True).stdout
                     torch_runs.append(json.loads(torch)["embeddings_per_second"])
                 row = {"flint": statistics.median(flint_runs), "pytorch": statistics.median(torch_runs),
@@ -373,11 +376,22 @@ def bench_minilm(args):
         node.close()
 
 
-def bench_batching(args):
+ONE_TEXT = {"texts": ["one short sentence to embed, as a chat app would send it"]}
+
+
+def wrk_one_text(seconds):
+    """A measure for bench_batching: wrk with 64 connections posting ONE_TEXT."""
     script = os.path.join(tempfile.gettempdir(), "flint-embed-one.lua")
     with open(script, "w") as f:
         f.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                'wrk.body = \'{"texts": ["one short sentence to embed, as a chat app would send it"]}\'\n')
+                f"wrk.body = '{json.dumps(ONE_TEXT)}'\n")
+    return lambda url: wrk(url, 64, seconds, script)
+
+
+def bench_batching(args, measure=None):
+    """64 concurrent single-text clients (`measure(url)`, wrk by default) against a node with
+    dynamic batching and one with --no-batching, alternated."""
+    measure = measure or wrk_one_text(args.seconds)
     out = {}
     nodes = {}
     try:
@@ -387,7 +401,7 @@ def bench_batching(args):
             node.add_model("minilm", MODEL_DIR)
             nodes[label] = node
         contenders = {label: node.url("/fn/embed/") for label, node in nodes.items()}
-        runs = alternate(args.runs, contenders, lambda url: wrk(url, 64, args.seconds, script))
+        runs = alternate(args.runs, contenders, measure)
         for label, samples in runs.items():
             out[label] = medians(samples)
         out["ratio_rps"] = out["batching"]["rps"] / out["no_batching"]["rps"]
@@ -451,6 +465,8 @@ def print_table(results):
     m = results.get("minilm")
     if m and "skipped" not in m:
         for key, r in m.items():
+            if not key.startswith("seq"):
+                continue
             rows.append((f"MiniLM CPU embeddings/s, {key}", f"{r['flint']:.1f}", f"PyTorch {r['pytorch']:.1f}",
                          f"{r['ratio']:.2f}x", ">= 1.0x"))
     b = results.get("batching")

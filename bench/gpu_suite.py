@@ -20,7 +20,6 @@ Sections (each can be picked with --only):
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cpu_suite  # noqa: E402  (shares the node driver, texts and helpers)
-from cpu_suite import BIN_DIR, GUESTS, MODEL_DIR, ROOT, FlintNode, alternate, log, medians  # noqa: E402
+from cpu_suite import BIN_DIR, GUESTS, ROOT, FlintNode, log  # noqa: E402
 
 GPU_BENCH = os.path.join(BIN_DIR, "flint-gpu-bench")
 LOAD = os.path.join(BIN_DIR, "flint-load")
@@ -87,61 +86,14 @@ def bench_calls(args):
 
 
 def bench_minilm(args):
-    node = FlintNode(log_level="warn")
-    out = {}
-    try:
-        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
-        node.add_model("minilm", MODEL_DIR)
-        out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
-        out["torch_device"] = args.torch_device
-        for seq in (128, 256):
-            texts = cpu_suite.texts_of_tokens(seq, 64)
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump(texts, f)
-                texts_file = f.name
-            for batch in (1, 8, 32):
-                flint_runs, torch_runs = [], []
-                for _ in range(args.runs):
-                    flint_runs.append(cpu_suite.flint_embed_rate(node, texts, batch, args.seconds))
-                    torch = subprocess.run(
-                        [args.python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", MODEL_DIR,
-                         "--texts", texts_file, "--batch", str(batch), "--seconds", str(args.seconds),
-                         "--device", args.torch_device], capture_output=True, text=True, check=True).stdout
-                    torch_runs.append(json.loads(torch)["embeddings_per_second"])
-                row = {"flint": statistics.median(flint_runs), "pytorch": statistics.median(torch_runs),
-                       "flint_runs": flint_runs, "pytorch_runs": torch_runs}
-                row["ratio"] = row["flint"] / row["pytorch"]
-                out[f"seq{seq}_batch{batch}"] = row
-                log(f"  seq {seq} batch {batch}: flint {row['flint']:.1f}/s, pytorch {row['pytorch']:.1f}/s")
-            os.unlink(texts_file)
-        return out
-    finally:
-        node.close()
+    return cpu_suite.bench_minilm(args, python=args.python, torch_device=args.torch_device, torch_threads=0)
 
 
 def bench_batching(args):
     body = os.path.join(tempfile.gettempdir(), "flint-embed-one.json")
     with open(body, "w") as f:
-        json.dump({"texts": ["one short sentence to embed, as a chat app would send it"]}, f)
-    nodes = {}
-    out = {}
-    try:
-        for label, extra in (("batching", ()), ("no_batching", ("--no-batching",))):
-            node = FlintNode(*extra, log_level="warn")
-            node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
-            node.add_model("minilm", MODEL_DIR)
-            nodes[label] = node
-        contenders = {label: node.url("/fn/embed/") for label, node in nodes.items()}
-        runs = alternate(args.runs, contenders, lambda url: flint_load(url, 64, args.seconds, body))
-        for label, samples in runs.items():
-            out[label] = medians(samples)
-        out["ratio_rps"] = out["batching"]["rps"] / out["no_batching"]["rps"]
-        log(f"  64 clients: batching {out['batching']['rps']:.1f} req/s, "
-            f"no batching {out['no_batching']['rps']:.1f} req/s")
-        return out
-    finally:
-        for node in nodes.values():
-            node.close()
+        json.dump(cpu_suite.ONE_TEXT, f)
+    return cpu_suite.bench_batching(args, lambda url: flint_load(url, 64, args.seconds, body))
 
 
 def machine():

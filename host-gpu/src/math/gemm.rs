@@ -153,46 +153,27 @@ pub unsafe fn gemm(
         unsafe { gemm_serial(m, k, n, scale, a, b, c, accumulate) };
         return;
     }
-    let column_blocks = n / COLUMN_ALIGN >= 2 * threads;
-    if column_blocks {
-        let width = n.div_ceil(threads).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN;
-        (0..n.div_ceil(width)).into_par_iter().for_each(|block| {
-            let first = block * width;
-            let cols = width.min(n - first);
-            // SAFETY: each block reads its columns of b and writes its own columns of c.
-            unsafe {
-                gemm_serial(
-                    m,
-                    k,
-                    cols,
-                    scale,
-                    a,
-                    b.offset(0, first),
-                    c.offset(0, first),
-                    accumulate,
-                )
-            };
-        });
+    // Blocks of output columns when the output is wide enough, else blocks of rows.
+    let by_columns = n / COLUMN_ALIGN >= 2 * threads;
+    let (extent, size) = if by_columns {
+        (n, n.div_ceil(threads).div_ceil(COLUMN_ALIGN) * COLUMN_ALIGN)
     } else {
-        let height = m.div_ceil(threads);
-        (0..m.div_ceil(height)).into_par_iter().for_each(|block| {
-            let first = block * height;
-            let rows = height.min(m - first);
-            // SAFETY: each block reads its rows of a and writes its own rows of c.
-            unsafe {
-                gemm_serial(
-                    rows,
-                    k,
-                    n,
-                    scale,
-                    a.offset(first, 0),
-                    b,
-                    c.offset(first, 0),
-                    accumulate,
-                )
+        (m, m.div_ceil(threads))
+    };
+    (0..extent.div_ceil(size))
+        .into_par_iter()
+        .for_each(|block| {
+            let first = block * size;
+            let len = size.min(extent - first);
+            let (rows, cols, a, b, c) = if by_columns {
+                (m, len, a, b.offset(0, first), c.offset(0, first))
+            } else {
+                (len, n, a.offset(first, 0), b, c.offset(first, 0))
             };
+            // SAFETY: each block reads its own columns of b (or rows of a) and writes its own
+            // columns (or rows) of c.
+            unsafe { gemm_serial(rows, k, cols, scale, a, b, c, accumulate) };
         });
-    }
 }
 
 /// `a[m, k] · b[k, n]` for row-major slices.
