@@ -478,6 +478,16 @@ def print_table(results):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
 
 
+def finish(results, out, table):
+    """Writes `results` as JSON to `out`, then prints the machine and `table(results)`."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"machine: {results['machine']}")
+    table(results)
+    print(f"JSON: {out}")
+
+
 HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
 SECTIONS = ["sandbox", "hello", "heavy", "cold", "density", "minilm", "batching"]
 
@@ -514,12 +524,7 @@ def main():
             results[section] = bench_minilm(args)
         elif section == "batching":
             results[section] = bench_batching(args)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"machine: {results['machine']}")
-    print_table(results)
-    print(f"JSON: {args.out}")
+    finish(results, args.out, print_table)
 
 
 if __name__ == "__main__":

@@ -155,12 +155,7 @@ def main():
     for section in args.only or SECTIONS:
         log(f"== {section}")
         results[section] = {"calls": bench_calls, "minilm": bench_minilm, "batching": bench_batching}[section](args)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(f"machine: {results['machine']}")
-    print_table(results)
-    print(f"JSON: {args.out}")
+    cpu_suite.finish(results, args.out, print_table)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,15 @@ struct TimerState {
     total: Duration,
 }
 
+impl TimerState {
+    /// Keeps `event` for reuse (up to [`SPARE_EVENTS`]).
+    fn recycle(&mut self, event: CudaEvent) {
+        if self.spare.len() < SPARE_EVENTS {
+            self.spare.push(event);
+        }
+    }
+}
+
 impl StreamTimer {
     fn state(&self) -> std::sync::MutexGuard<'_, TimerState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -70,17 +79,10 @@ impl StreamTimer {
         if let Some(start) = start {
             match self.record(ctx, stream) {
                 Some(end) => self.state().pending.push((start, end)),
-                None => self.recycle(start),
+                None => self.state().recycle(start),
             }
         }
         result
-    }
-
-    fn recycle(&self, event: CudaEvent) {
-        let mut state = self.state();
-        if state.spare.len() < SPARE_EVENTS {
-            state.spare.push(event);
-        }
     }
 
     /// Adds the ops that have finished to the total (with `wait`, all of them: the caller
@@ -101,11 +103,8 @@ impl StreamTimer {
                 Ok(_) => {}
                 Err(error) => tracing::debug!("reading a timing event: {error:?}"),
             }
-            for event in [start, end] {
-                if state.spare.len() < SPARE_EVENTS {
-                    state.spare.push(event);
-                }
-            }
+            state.recycle(start);
+            state.recycle(end);
         }
         state.pending = still_pending;
         state.total += measured;
