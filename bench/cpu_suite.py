@@ -349,6 +349,8 @@ def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
         node.add_model("minilm", MODEL_DIR)
         out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
+        # Where the model runs (backend, device, and why it fell back to the CPU if it did).
+        out["model"] = node.admin_call("GET", "/v1/models")["models"][0]
         for seq in (128, 256):
             texts = texts_of_tokens(seq, 64)
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

@@ -122,6 +122,10 @@ def print_table(results):
     elif c:
         rows.append(("host calls", "skipped", c["skipped"], "", ""))
     m = results.get("minilm")
+    if m and "model" in m:
+        model = m["model"]
+        where = f"GPU {model['device']}" if model.get("backend") == "cuda" else "the host CPU"
+        rows.append(("MiniLM runs on", where, model.get("cpu_reason") or "", "", ""))
     if m:
         for key, r in m.items():
             if key.startswith("seq"):

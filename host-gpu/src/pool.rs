@@ -246,6 +246,20 @@ impl Pool {
         self.devices().iter().map(|d| d.used_bytes).sum()
     }
 
+    /// The CUDA device a resident model should load onto (the one with the most free memory
+    /// that has not faulted), with its pool index; `None` on the CPU backend.
+    pub fn device_for_model(&self) -> Option<(usize, Arc<CudaDevice>)> {
+        match &self.backend {
+            Backend::Cpu { .. } => None,
+            Backend::Cuda { devices } => devices
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| !d.is_faulted())
+                .max_by_key(|(_, d)| d.budget().available())
+                .map(|(index, device)| (index, device.clone())),
+        }
+    }
+
     /// Opens a session on the least loaded device.
     pub fn session(&self, limits: SessionLimits) -> GpuResult<Session> {
         let invocation =

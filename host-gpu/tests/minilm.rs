@@ -7,6 +7,7 @@
 
 use flint_gpu::model::EmbeddingModel;
 use serde_json::Value;
+mod common;
 #[path = "../../tests/fixtures.rs"]
 mod fixtures;
 
@@ -67,11 +68,15 @@ fn tokenization_matches_exactly() {
 
 #[test]
 fn each_text_alone_matches_the_golden_embedding() {
+    check_each_text_alone(model());
+}
+
+fn check_each_text_alone(model: &EmbeddingModel) {
     let golden = golden();
-    assert_eq!(model().dimension(), 384);
+    assert_eq!(model.dimension(), 384);
     for case in golden["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let embeddings = model().embed(&[text]).unwrap();
+        let embeddings = model.embed(&[text]).unwrap();
         assert_eq!(
             embeddings.tokens,
             case["input_ids"].as_array().unwrap().len()
@@ -82,6 +87,10 @@ fn each_text_alone_matches_the_golden_embedding() {
 
 #[test]
 fn a_mixed_batch_matches_the_golden_embeddings() {
+    check_a_mixed_batch(model());
+}
+
+fn check_a_mixed_batch(model: &EmbeddingModel) {
     let golden = golden();
     let cases = golden["cases"].as_array().unwrap();
     // Longest first, then the rest reversed: padding-sensitive implementations break here.
@@ -91,7 +100,7 @@ fn a_mixed_batch_matches_the_golden_embeddings() {
         .iter()
         .map(|&i| cases[i]["text"].as_str().unwrap())
         .collect();
-    let embeddings = model().embed(&texts).unwrap();
+    let embeddings = model.embed(&texts).unwrap();
     assert!(
         embeddings.tokens > 256,
         "the batch mixes long and short texts"
@@ -103,6 +112,80 @@ fn a_mixed_batch_matches_the_golden_embeddings() {
             &cases[i]["embedding"],
         );
     }
+}
+
+#[test]
+fn the_cuda_encoder_matches_the_golden_embeddings_and_the_cpu_path() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let before = pool.used_bytes();
+    let device = pool
+        .device_for_model()
+        .expect("a CUDA pool offers a device");
+    let model = EmbeddingModel::load_on(&model_dir(), Some(device)).unwrap();
+    assert_eq!(model.backend(), "cuda", "{:?}", model.cpu_reason());
+    let charged = pool.used_bytes() - before;
+    assert!(
+        charged > 80 << 20,
+        "the weights (~90 MB) are charged to the device: {charged} bytes"
+    );
+    check_each_text_alone(&model);
+    check_a_mixed_batch(&model);
+
+    // The same batch on the device and on the host agree closely (both f32).
+    let golden = golden();
+    let texts: Vec<&str> = golden["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    let ids = model.tokenize(&texts).unwrap();
+    let on_gpu = model.embed_ids(&ids);
+    let on_cpu = model.embed_ids_on_cpu(&ids);
+    for (text, (g, c)) in texts.iter().zip(on_gpu.iter().zip(&on_cpu)) {
+        let max = g
+            .iter()
+            .zip(c)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(max <= 1e-5, "{text:?}: GPU vs CPU max |diff| {max:e}");
+    }
+    assert_eq!(model.backend(), "cuda", "{:?}", model.cpu_reason());
+
+    // With the device's memory exhausted, a batch needing more activations than the model holds
+    // runs on the CPU, correctly, and the model stays on the device for later batches.
+    let device = pool.device_for_model().unwrap().1;
+    let hog = flint_gpu::Reservation::new(&[device.budget().clone()], device.budget().available())
+        .unwrap();
+    let many: Vec<Vec<u32>> = (0..40).flat_map(|_| ids.iter().cloned()).collect();
+    let starved = model.embed_ids(&many);
+    for (i, vector) in starved.iter().enumerate() {
+        let want = &on_cpu[i % on_cpu.len()];
+        let max = vector
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max <= 1e-5,
+            "sequence {i} without device memory: max |diff| {max:e}"
+        );
+    }
+    assert_eq!(
+        model.backend(),
+        "cuda",
+        "an out-of-memory batch does not evict the model"
+    );
+    drop(hog);
+    assert_eq!(model.embed_ids(&many).len(), many.len());
+    drop(model);
+    assert_eq!(
+        pool.used_bytes(),
+        before,
+        "unloading the model gives its device memory back"
+    );
 }
 
 #[test]

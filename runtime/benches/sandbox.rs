@@ -45,13 +45,14 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let pool = flint_gpu::Pool::cpu_only(1 << 20);
     let info = InvocationInfo {
         function: Arc::from("bench"),
         invocation_id: Arc::from("0000000000000000"),
         memory_bytes: 128 << 20,
         env: Arc::from(Vec::new()),
         allow_outbound: false,
-        pool: flint_gpu::Pool::cpu_only(1 << 20),
+        pool: pool.clone(),
         gpu_limits: flint_gpu::SessionLimits {
             invocation_bytes: 1 << 20,
             function: None,
@@ -61,6 +62,7 @@ fn main() -> Result<()> {
         models: Arc::new(flint_runtime::models::ModelRegistry::open(
             data.path(),
             Default::default(),
+            pool,
         )?),
         log: flint_runtime::guest_log::GuestLogs::open(data.path())?.function("bench"),
     };

@@ -1,6 +1,7 @@
 //! Registered models: validated, copied into `DATA/models/NAME/` (staged and renamed, so a
-//! crash never leaves half a model), loaded into memory once and kept resident with a dynamic
-//! batcher, and loaded again at start after a restart.
+//! crash never leaves half a model), loaded once — onto the GPU pool's device with the most free
+//! memory, or into host memory on the CPU backend — and kept resident with a dynamic batcher,
+//! and loaded again at start after a restart.
 //!
 //! Removing a model waits until every invocation that opened it has finished.
 
@@ -43,6 +44,7 @@ pub struct ResidentModel {
 pub struct ModelRegistry {
     dir: PathBuf,
     batching: BatchOptions,
+    pool: Arc<flint_gpu::Pool>,
     models: RwLock<HashMap<String, Arc<ResidentModel>>>,
     changes: tokio::sync::Mutex<()>,
 }
@@ -75,8 +77,13 @@ const MODEL_FILES: [&str; 9] = [
 ];
 
 impl ModelRegistry {
-    /// Opens `data_dir/models`, removing what a crash left half-written.
-    pub fn open(data_dir: &Path, batching: BatchOptions) -> Result<Self> {
+    /// Opens `data_dir/models`, removing what a crash left half-written; models load onto
+    /// `pool`'s devices.
+    pub fn open(
+        data_dir: &Path,
+        batching: BatchOptions,
+        pool: Arc<flint_gpu::Pool>,
+    ) -> Result<Self> {
         let dir = data_dir.join("models");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         for entry in std::fs::read_dir(&dir)? {
@@ -93,13 +100,14 @@ impl ModelRegistry {
         Ok(ModelRegistry {
             dir,
             batching,
+            pool,
             models: RwLock::new(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         })
     }
 
     fn resident(&self, registration: Registration, dir: &Path) -> Result<ResidentModel> {
-        load_resident(registration, dir, self.batching)
+        load_resident(registration, dir, self.batching, &self.pool)
     }
 
     /// Loads every registered model (at start). Failures are logged and returned by name.
@@ -191,13 +199,15 @@ impl ModelRegistry {
         let source = source.to_path_buf();
         // Validate from the source first: nothing is written unless the model loads.
         let batching = self.batching;
+        let pool = self.pool.clone();
         let model = tokio::task::spawn_blocking(move || -> Result<ResidentModel, ApiError> {
-            let model = load_resident(registration.clone(), &source, batching).map_err(|e| {
-                ApiError::invalid(format!(
-                    "the model in {} is not usable: {e:#}",
-                    source.display()
-                ))
-            })?;
+            let model =
+                load_resident(registration.clone(), &source, batching, &pool).map_err(|e| {
+                    ApiError::invalid(format!(
+                        "the model in {} is not usable: {e:#}",
+                        source.display()
+                    ))
+                })?;
             copy_model(&source, &staging, &registration)
                 .and_then(|()| {
                     std::fs::rename(&staging, &target)
@@ -250,6 +260,9 @@ impl ModelRegistry {
             "name": model.registration.name,
             "kind": "sentence-embedding",
             "dimension": model.model.dimension(),
+            "backend": model.model.backend(),
+            "device": model.model.device_index(),
+            "cpu_reason": model.model.cpu_reason(),
             "max_tokens": model.model.max_seq_length(),
             "layers": model.model.config().num_hidden_layers,
             "weight_bytes": model.weight_bytes,
@@ -263,13 +276,15 @@ impl ModelRegistry {
     }
 }
 
-/// Loads a model directory and starts its batcher.
+/// Loads a model directory (onto `pool`'s emptiest device, if it has one) and starts its
+/// batcher.
 fn load_resident(
     registration: Registration,
     dir: &Path,
     batching: BatchOptions,
+    pool: &flint_gpu::Pool,
 ) -> Result<ResidentModel> {
-    let model = Arc::new(EmbeddingModel::load(dir)?);
+    let model = Arc::new(EmbeddingModel::load_on(dir, pool.device_for_model())?);
     let weight_bytes = std::fs::metadata(dir.join("model.safetensors"))
         .map(|m| m.len())
         .unwrap_or(0);

@@ -175,6 +175,7 @@ impl Node {
         let models = Arc::new(crate::models::ModelRegistry::open(
             &options.data_dir,
             options.batching,
+            pool.clone(),
         )?);
         let metering =
             crate::metering::Metering::open(&options.data_dir, options.usage_log_rotate_bytes)?;

@@ -77,6 +77,13 @@ fn embed_example_matches_the_golden_vectors_and_survives_restart() {
     let restarted = Node::start_in(&node.data.clone(), &[]);
     let listed = restarted.admin_call("GET", "/v1/models", None).json();
     assert_eq!(listed["models"][0]["name"], "minilm");
+    // On a GPU node the model is resident on the device, on a CPU node in host memory.
+    assert_eq!(
+        listed["models"][0]["backend"],
+        restarted.gpu_backend(),
+        "{listed}"
+    );
+    assert_eq!(listed["models"][0]["cpu_reason"], Value::Null, "{listed}");
     let case = &cases[0];
     let reply = restarted.post(
         "/fn/embed/",

@@ -2,7 +2,7 @@
 
 use crate::error::{ErrorKind, GpuError, GpuResult};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{CompileError, CompileOptions, compile_ptx_with_opts};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
 use std::sync::Arc;
 
 /// CUDA C of the built-in ops; semantics match `crate::cpu`.
@@ -117,18 +117,14 @@ impl Builtins {
     }
 }
 
-/// Compiles CUDA C with NVRTC for `arch` and loads the module; a compile failure carries the
-/// NVRTC log.
-pub fn compile_module(
-    ctx: &Arc<CudaContext>,
-    arch: &str,
-    source: &str,
-) -> GpuResult<Arc<CudaModule>> {
+/// Compiles CUDA C with NVRTC for `arch` (e.g. `sm_90`); a failure carries the NVRTC log.
+/// Needs NVRTC but no device, so it also runs on machines without a GPU.
+pub fn compile_ptx(source: &str, arch: &str) -> GpuResult<Ptx> {
     let options = CompileOptions {
         options: vec![format!("--gpu-architecture={arch}")],
         ..Default::default()
     };
-    let ptx = compile_ptx_with_opts(source, options).map_err(|error| match error {
+    compile_ptx_with_opts(source, options).map_err(|error| match error {
         CompileError::CompileError { log, .. } => GpuError::new(
             ErrorKind::CompileError,
             format!(
@@ -137,7 +133,16 @@ pub fn compile_module(
             ),
         ),
         other => GpuError::new(ErrorKind::CompileError, format!("NVRTC: {other:?}")),
-    })?;
+    })
+}
+
+/// Compiles CUDA C with NVRTC for `arch` and loads the module into `ctx`.
+pub fn compile_module(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    source: &str,
+) -> GpuResult<Arc<CudaModule>> {
+    let ptx = compile_ptx(source, arch)?;
     ctx.load_module(ptx)
         .map_err(|e| GpuError::device("loading the compiled module", format!("{e:?}")))
 }

@@ -8,6 +8,9 @@
 mod builtins;
 mod timing;
 
+pub(crate) use builtins::compile_module;
+pub use builtins::{SOURCE as BUILTINS_SOURCE, compile_ptx};
+
 use crate::error::{ErrorKind, GpuError, GpuResult};
 use crate::memory::MemoryBudget;
 use crate::pool::KernelArg;
@@ -142,6 +145,16 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
     Ok(devices)
 }
 
+/// Whether NVRTC can be loaded (it compiles kernels without a device); the reason if not.
+pub fn nvrtc_available() -> Result<(), String> {
+    // SAFETY: this only tries to dlopen the library.
+    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err("NVRTC (libnvrtc) was not found".into())
+    }
+}
+
 /// Whether a driver error leaves the context unusable (a "sticky" error).
 fn is_sticky(error: &DriverError) -> bool {
     matches!(
@@ -231,8 +244,13 @@ impl CudaDevice {
             .fetch_add(time.as_nanos() as u64, Ordering::Relaxed);
     }
 
+    /// The device's context.
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// Maps a driver error, taking the device out of service if the error is sticky.
-    fn fault(&self, context: &str, error: DriverError) -> GpuError {
+    pub(crate) fn fault(&self, context: &str, error: DriverError) -> GpuError {
         if is_sticky(&error) {
             self.faulted.store(true, Ordering::Release);
             tracing::error!(

@@ -5,17 +5,27 @@
 //! [`EmbeddingModel::load`] validates a model directory completely (architecture, every
 //! tensor's name and shape, tokenizer) before it is used; [`EmbeddingModel::embed`] tokenizes
 //! with the model's own `tokenizer.json` and runs the encoder, mean pooling and normalization
-//! as sentence-transformers does.
+//! as sentence-transformers does, on the CUDA device the model was loaded onto
+//! ([`cuda_encoder`]) or on the host's cores ([`forward`]).
+//!
+//! A model on a device keeps its f32 weights in host memory too: if a forward pass fails on the
+//! device (its memory is exhausted, say), that batch runs on the CPU instead, and if the device
+//! faulted (a poisoned context), every later batch does too: requests are served more slowly
+//! rather than lost.
 
 pub mod batcher;
 mod config;
+pub mod cuda_encoder;
 mod forward;
 mod weights;
 
 pub use config::{BertConfig, SentenceConfig};
 
+use crate::cuda::CudaDevice;
 use anyhow::{Context, Result, anyhow};
+use cuda_encoder::CudaEncoder;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// A sentence-embedding model loaded into memory.
@@ -24,6 +34,10 @@ pub struct EmbeddingModel {
     sentence: SentenceConfig,
     tokenizer: Tokenizer,
     weights: weights::BertWeights,
+    /// The model on its device (pool index and encoder), while it is usable.
+    gpu: Mutex<Option<(usize, CudaEncoder)>>,
+    /// Why the model runs on the CPU although a device was offered, if it does.
+    cpu_reason: Mutex<Option<String>>,
 }
 
 /// Embeddings of a batch of texts.
@@ -46,8 +60,15 @@ impl std::fmt::Debug for EmbeddingModel {
 }
 
 impl EmbeddingModel {
-    /// Loads and validates a model directory.
+    /// Loads and validates a model directory; it runs on the host's CPU cores.
     pub fn load(dir: &Path) -> Result<Self> {
+        Self::load_on(dir, None)
+    }
+
+    /// Loads and validates a model directory and, given a device (its pool index and the
+    /// device), uploads the weights there and compiles the encoder's kernels for it. If that
+    /// fails, the model still loads and runs on the CPU; [`EmbeddingModel::cpu_reason`] says why.
+    pub fn load_on(dir: &Path, device: Option<(usize, Arc<CudaDevice>)>) -> Result<Self> {
         let config = BertConfig::read(dir)?;
         let sentence = SentenceConfig::read(dir, &config)?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -72,12 +93,55 @@ impl EmbeddingModel {
         );
         let weights = weights::BertWeights::read(dir, &config)
             .with_context(|| format!("loading the weights of {}", dir.display()))?;
+        let mut cpu_reason = None;
+        let gpu = device.and_then(|(index, device)| {
+            match CudaEncoder::new(device.clone(), &config, &weights) {
+                Ok(encoder) => Some((index, encoder)),
+                Err(error) => {
+                    tracing::error!(
+                        gpu = device.ordinal(),
+                        "the model cannot run on the GPU, using the CPU: {error}"
+                    );
+                    cpu_reason = Some(format!("loading it onto GPU {index} failed: {error}"));
+                    None
+                }
+            }
+        });
         Ok(EmbeddingModel {
             config,
             sentence,
             tokenizer,
             weights,
+            gpu: Mutex::new(gpu),
+            cpu_reason: Mutex::new(cpu_reason),
         })
+    }
+
+    /// Where the forward pass runs: `cuda` or `cpu`.
+    pub fn backend(&self) -> &'static str {
+        if self.device_index().is_some() {
+            "cuda"
+        } else {
+            "cpu"
+        }
+    }
+
+    /// The pool index of the device the model runs on, if it runs on one.
+    pub fn device_index(&self) -> Option<usize> {
+        self.gpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(index, _)| *index)
+    }
+
+    /// Why the model runs on the CPU although it was loaded onto a device (loading failed, or
+    /// the device failed later); `None` if it runs on its device or was never offered one.
+    pub fn cpu_reason(&self) -> Option<String> {
+        self.cpu_reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Width of the embeddings.
@@ -108,8 +172,40 @@ impl EmbeddingModel {
             .collect()
     }
 
-    /// Sentence embeddings of already tokenized sequences (CPU).
+    /// Sentence embeddings of already tokenized sequences (ids inside the vocabulary, at most
+    /// `max_position_embeddings` long), on the model's device or the CPU.
     pub fn embed_ids(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
+        {
+            let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((index, encoder)) = gpu.as_mut() {
+                match encoder.embed(sequences, self.sentence.normalize) {
+                    Ok(vectors) => return vectors,
+                    Err(error) if encoder.device_faulted() => {
+                        tracing::error!(
+                            gpu = *index,
+                            "the device faulted during the model's forward pass; the model runs on the CPU from now on: {error}"
+                        );
+                        *self.cpu_reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(format!("GPU {index} faulted: {error}"));
+                        *gpu = None;
+                    }
+                    Err(error) => {
+                        // Out of device memory, for instance: this batch runs on the CPU, the
+                        // next ones try the device again.
+                        tracing::warn!(
+                            gpu = *index,
+                            "the model's forward pass failed on the GPU, running this batch on the CPU: {error}"
+                        );
+                    }
+                }
+            }
+        }
+        self.embed_ids_on_cpu(sequences)
+    }
+
+    /// Sentence embeddings of already tokenized sequences on the host's CPU cores, whatever
+    /// device the model was loaded onto.
+    pub fn embed_ids_on_cpu(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
         let states = forward::encode(&self.config, &self.weights, sequences);
         let lengths: Vec<usize> = sequences.iter().map(Vec::len).collect();
         forward::mean_pool(
@@ -120,7 +216,7 @@ impl EmbeddingModel {
         )
     }
 
-    /// Tokenizes and embeds `texts` (CPU).
+    /// Tokenizes and embeds `texts`.
     pub fn embed(&self, texts: &[&str]) -> Result<Embeddings> {
         let sequences = self.tokenize(texts)?;
         let tokens = sequences.iter().map(Vec::len).sum();

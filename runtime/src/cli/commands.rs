@@ -639,13 +639,17 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
                 return print_json(&value);
             }
             println!(
-                "Registered model {} ({}, {} dimensions, {} layers, up to {} tokens)",
+                "Registered model {} ({}, {} dimensions, {} layers, up to {} tokens) on {}",
                 value["name"].as_str().unwrap_or_default(),
                 value["kind"].as_str().unwrap_or_default(),
                 value["dimension"],
                 value["layers"],
-                value["max_tokens"]
+                value["max_tokens"],
+                model_placement(&value)
             );
+            if let Some(reason) = value["cpu_reason"].as_str() {
+                eprintln!("warning: the model runs on the CPU: {reason}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         ModelCommand::Ls(args) => {
@@ -664,6 +668,7 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
                         m["name"].as_str().unwrap_or_default().to_string(),
                         m["kind"].as_str().unwrap_or_default().to_string(),
                         m["dimension"].to_string(),
+                        model_placement(m),
                         format!(
                             "{} MiB",
                             m["weight_bytes"].as_u64().unwrap_or_default() >> 20
@@ -673,7 +678,14 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
                 })
                 .collect();
             print_table(
-                &["NAME", "KIND", "DIMENSION", "WEIGHTS", "REQUESTS/BATCHES"],
+                &[
+                    "NAME",
+                    "KIND",
+                    "DIMENSION",
+                    "RUNS ON",
+                    "WEIGHTS",
+                    "REQUESTS/BATCHES",
+                ],
                 &rows,
             );
             Ok(ExitCode::SUCCESS)
@@ -897,4 +909,12 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a model described by the admin API runs: `GPU 0` or `CPU`.
+fn model_placement(model: &serde_json::Value) -> String {
+    match (model["backend"].as_str(), model["device"].as_u64()) {
+        (Some("cuda"), Some(device)) => format!("GPU {device}"),
+        _ => "CPU".to_string(),
+    }
 }

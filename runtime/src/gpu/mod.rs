@@ -104,10 +104,12 @@ impl GpuCtx {
         }
     }
 
-    /// The device model calls run on: models run on the host's CPU today, which is the pool's
-    /// one device on the CPU backend and none of a CUDA pool's devices.
-    pub(crate) fn model_device(&self) -> Option<usize> {
-        (self.pool.backend() == "cpu").then_some(0)
+    /// The device `model`'s calls run on: the CUDA device it was loaded onto, else the host's
+    /// CPU, which is the pool's one device on the CPU backend and none of a CUDA pool's devices.
+    pub(crate) fn model_device(&self, model: &flint_gpu::model::EmbeddingModel) -> Option<usize> {
+        model
+            .device_index()
+            .or((self.pool.backend() == "cpu").then_some(0))
     }
 
     /// Whether the invocation holds a stream of a CUDA device (its usage and its end wait for

@@ -34,7 +34,7 @@ impl GpuView<'_> {
         let vectors = receiver
             .await
             .map_err(|_| wasmtime::format_err!("the model worker stopped"))?;
-        let device = self.ctx.model_device();
+        let device = self.ctx.model_device(&model.model);
         self.ctx.record_busy(started.elapsed(), device);
         Ok(vectors)
     }
