@@ -16,6 +16,7 @@ Sections (each can be picked with --only):
 """
 
 import argparse
+import concurrent.futures
 import http.client
 import json
 import os
@@ -75,15 +76,16 @@ def rss_bytes(pid):
 class FlintNode:
     """A `fnctl serve` process on ephemeral ports with a temporary data dir."""
 
-    def __init__(self, *extra, log_level="info"):
+    def __init__(self, *extra, log_level="info", data=None):
+        """`data`: the data dir of an earlier node to restart on (kept on close)."""
         self.tmp = tempfile.TemporaryDirectory(prefix="flint-bench-")
-        self.data = os.path.join(self.tmp.name, "data")
+        self.data = data or os.path.join(self.tmp.name, "data")
         self.stderr = open(os.path.join(self.tmp.name, "node.log"), "w")
         env = dict(os.environ, RUST_LOG=log_level, NO_COLOR="1")
         self.proc = subprocess.Popen(
             [FNCTL, "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data", self.data, *extra],
             stdout=subprocess.DEVNULL, stderr=self.stderr, env=env)
-        deadline = time.time() + 60
+        deadline = time.time() + 600
         while True:
             try:
                 with open(os.path.join(self.data, "node.json")) as f:
@@ -236,10 +238,16 @@ def timed_get(conn, path, body=None):
 
 
 def bench_cold(args):
+    """First request after scale to zero vs a warm one. Besides back-to-back warm requests, the
+    cold one is compared with a `--keep-warm` copy of the function requested after the same
+    idle time, so what the system loses by sitting idle (parked threads, cold caches) is not
+    charged to unloading."""
     node = FlintNode("--idle-unload", "1s")
     try:
         node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
+        node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello-warm", "keep_warm=true")
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
+        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed-warm", "keep_warm=true")
         node.add_model("minilm", MODEL_DIR)
         host, port = node.public.split(":")
         embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
@@ -247,12 +255,14 @@ def bench_cold(args):
         for name, body in (("hello", None), ("embed", embed_body)):
             path = f"/fn/{name}/"
             conn = http.client.HTTPConnection(host, int(port))
+            warm_conn = http.client.HTTPConnection(host, int(port))
             warm = []
             for _ in range(5):
                 timed_get(conn, path, body)
+                timed_get(warm_conn, f"/fn/{name}-warm/", body)
             for _ in range(args.cold_runs * 5):
                 warm.append(timed_get(conn, path, body))
-            cold = []
+            cold, idle_warm = [], []
             for _ in range(args.cold_runs):
                 deadline = time.time() + 30
                 while node.admin_call("GET", f"/v1/functions/{name}")["loaded"]:
@@ -260,11 +270,18 @@ def bench_cold(args):
                         raise RuntimeError("never unloaded")
                     time.sleep(0.1)
                 cold.append(timed_get(conn, path, body))
+                # The same idle time for the kept-warm copy, then one request to it.
+                time.sleep(1.2)
+                idle_warm.append(timed_get(warm_conn, f"/fn/{name}-warm/", body))
             conn.close()
+            warm_conn.close()
             out[name] = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
                          "cold_minus_warm_ms": statistics.median(cold) - statistics.median(warm),
                          "cold_p99_ms": max(cold), "runs": len(cold)}
-            log(f"  {name}: warm {out[name]['warm_ms']:.3f} ms, cold {out[name]['cold_ms']:.3f} ms")
+            out[name]["idle_warm_ms"] = statistics.median(idle_warm)
+            out[name]["cold_minus_idle_warm_ms"] = statistics.median(cold) - statistics.median(idle_warm)
+            log(f"  {name}: warm {out[name]['warm_ms']:.3f} ms, cold {out[name]['cold_ms']:.3f} ms, "
+                f"kept warm after the same idle time {out[name]['idle_warm_ms']:.3f} ms")
         stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
         out["hello"]["cold_starts_counted"] = stats["cold_starts"]
         # Deploy to first answer: upload + validate + compile + first request.
@@ -285,29 +302,62 @@ def bench_cold(args):
 
 
 def bench_density(args):
+    """Node RSS with N deployed `hello` functions: just deployed (loaded), after they were
+    idle-unloaded (scale to zero), and after a restart (functions start unloaded)."""
     out = {}
     wasm = os.path.join(GUESTS, "hello.wasm")
     for count in args.density:
-        node = FlintNode(log_level="warn")
+        data_dir = tempfile.TemporaryDirectory(prefix="flint-density-")
+        data = os.path.join(data_dir.name, "data")
+        node = FlintNode("--idle-unload", "5s", log_level="warn", data=data)
+        restarted = None
         try:
             empty = rss_bytes(node.proc.pid)
             started = time.time()
-            for i in range(count):
-                node.deploy(wasm, f"f{i}")
+            # Two deploys at a time (the machine's cores); each compiles its own copy.
+            with concurrent.futures.ThreadPoolExecutor(2) as deployers:
+                list(deployers.map(lambda i: node.deploy(wasm, f"f{i}"), range(count)))
             deploy_s = time.time() - started
             conn_host, conn_port = node.public.split(":")
             conn = http.client.HTTPConnection(conn_host, int(conn_port))
             timed_get(conn, f"/fn/f{count - 1}/")  # they serve
             conn.close()
-            time.sleep(1)
             loaded = rss_bytes(node.proc.pid)
-            out[str(count)] = {"rss_mib": loaded / 2**20, "empty_node_rss_mib": empty / 2**20,
-                               "per_function_kib": (loaded - empty) / count / 1024,
-                               "deploy_seconds": deploy_s}
-            log(f"  {count} functions: {loaded / 2**20:.1f} MiB "
-                f"({(loaded - empty) / count / 1024:.1f} KiB each; deploying took {deploy_s:.1f} s)")
-        finally:
+            loaded_count = sum(f["loaded"] for f in node.admin_call("GET", "/v1/functions")["functions"])
+            deadline = time.time() + 120
+            while any(f["loaded"] for f in node.admin_call("GET", "/v1/functions")["functions"]):
+                if time.time() > deadline:
+                    raise RuntimeError("functions never unloaded")
+                time.sleep(1)
+            time.sleep(1)
+            idle = rss_bytes(node.proc.pid)
             node.close()
+            started = time.time()
+            restarted = FlintNode("--idle-unload", "5s", log_level="warn", data=data)
+            restart_s = time.time() - started
+            conn_host, conn_port = restarted.public.split(":")
+            conn = http.client.HTTPConnection(conn_host, int(conn_port))
+            timed_get(conn, f"/fn/f{count - 1}/")  # they serve after the restart
+            conn.close()
+            time.sleep(1)
+            after_restart = rss_bytes(restarted.proc.pid)
+            per = lambda rss: (rss - empty) / count / 1024
+            out[str(count)] = {
+                "empty_node_rss_mib": empty / 2**20,
+                "loaded_rss_mib": loaded / 2**20, "loaded_functions": loaded_count,
+                "loaded_per_function_kib": per(loaded),
+                "idle_rss_mib": idle / 2**20, "idle_per_function_kib": per(idle),
+                "restarted_rss_mib": after_restart / 2**20, "restarted_per_function_kib": per(after_restart),
+                "deploy_seconds": deploy_s, "restart_to_ready_seconds": restart_s}
+            log(f"  {count} functions: empty node {empty / 2**20:.1f} MiB; just deployed "
+                f"{loaded / 2**20:.1f} MiB ({loaded_count} loaded); idle-unloaded {idle / 2**20:.1f} MiB "
+                f"({per(idle):.1f} KiB each); restarted {after_restart / 2**20:.1f} MiB "
+                f"({per(after_restart):.1f} KiB each); deploying took {deploy_s:.1f} s, restart {restart_s:.1f} s")
+        finally:
+            node.close() if node.proc.poll() is None else None
+            if restarted:
+                restarted.close()
+            data_dir.cleanup()
     return out
 
 
@@ -457,13 +507,30 @@ def print_table(results):
         for name in ("hello", "embed"):
             r = c[name]
             rows.append((f"{name}: first request after scale to zero", f"{r['cold_ms']:.3f} ms",
-                         f"warm {r['warm_ms']:.3f} ms", f"+{r['cold_minus_warm_ms']:.3f} ms", "<= 1 ms"))
+                         f"warm {r['warm_ms']:.3f} ms", f"{r['cold_minus_warm_ms']:+.3f} ms", "<= 1 ms"))
+            if "idle_warm_ms" in r:
+                rows.append((f"{name}: ... vs kept warm, same idle time", f"{r['cold_ms']:.3f} ms",
+                             f"kept warm {r['idle_warm_ms']:.3f} ms", f"{r['cold_minus_idle_warm_ms']:+.3f} ms",
+                             "<= 1 ms"))
         rows.append(("deploy to first answer (hello)", f"{c['deploy_to_first_answer_ms']:.1f} ms", "", "", ""))
     d = results.get("density")
     if d:
-        for count, r in d.items():
-            rows.append((f"node RSS, {count} deployed functions", f"{r['rss_mib']:.1f} MiB",
-                         f"{r['per_function_kib']:.1f} KiB/function", "", "10k in <= 1 GiB"))
+        # Fixed costs (threads, the compiler's code paged in) dominate small counts: the cost of
+        # a function is the growth from the previous count.
+        previous = None
+        for count, r in sorted(d.items(), key=lambda kv: int(kv[0])):
+            def growth(key):
+                if previous is None:
+                    return ""
+                kib = (r[key] - d[previous][key]) * 1024 / (int(count) - int(previous))
+                return f"+{kib:.1f} KiB per function over {previous}"
+            rows.append((f"node RSS, {count} idle functions (unloaded)", f"{r['idle_rss_mib']:.1f} MiB",
+                         growth("idle_rss_mib"), "", "10k in <= 1 GiB"))
+            rows.append((f"node RSS, {count} idle functions after restart", f"{r['restarted_rss_mib']:.1f} MiB",
+                         growth("restarted_rss_mib"), "", "10k in <= 1 GiB"))
+            rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
+                         f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
+            previous = count
     m = results.get("minilm")
     if m and "skipped" not in m:
         for key, r in m.items():

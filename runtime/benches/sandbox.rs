@@ -105,6 +105,52 @@ fn main() -> Result<()> {
             serde_json::json!({ "store_and_instantiate": summary(full), "store_only": summary(store_only) }),
         );
     }
+    // What a cold start adds: reloading an unloaded function from its precompiled artifact
+    // (mmap + deserialize) and linking it again, timed apart.
+    let engine = build_engine(EngineOptions { max_instances: 16 })?;
+    let linker = build_linker(&engine)?;
+    let artifact = data.path().join("bench.cwasm");
+    std::fs::write(
+        &artifact,
+        flint_runtime::function::compile(&engine, &bytes)?
+            .serialize()
+            .map_err(|e| anyhow::anyhow!(e))?,
+    )?;
+    let rounds = (iterations / 20).max(50);
+    let (mut deserialize, mut link, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..rounds + rounds / 10 {
+        let started = Instant::now();
+        // SAFETY: an artifact this process just serialized with the same engine settings.
+        let component =
+            unsafe { wasmtime::component::Component::deserialize_file(&engine, &artifact)? };
+        let deserialized = started.elapsed();
+        let pre = flint_runtime::function::pre_instantiate(&linker, &component)?;
+        let linked = started.elapsed() - deserialized;
+        // The first sandbox of the reloaded code: a new module for the pooling allocator.
+        let started = Instant::now();
+        runtime.block_on(async {
+            let mut store = Store::new(&engine, InvocationState::new(&info));
+            store.limiter(|state| &mut state.limiter);
+            store.set_epoch_deadline(1);
+            let proxy = pre.instantiate_async(&mut store).await?;
+            std::hint::black_box(&proxy);
+            anyhow::Ok(())
+        })?;
+        let instantiated = started.elapsed();
+        if i >= rounds / 10 {
+            deserialize.push(deserialized.as_secs_f64() * 1e6);
+            link.push(linked.as_secs_f64() * 1e6);
+            first.push(instantiated.as_secs_f64() * 1e6);
+        }
+    }
+    results.insert(
+        "reload".to_string(),
+        serde_json::json!({
+            "deserialize_file": summary(deserialize),
+            "pre_instantiate": summary(link),
+            "first_store_and_instantiate": summary(first),
+        }),
+    );
     println!("{}", serde_json::Value::Object(results));
     Ok(())
 }

@@ -133,6 +133,13 @@ impl LoadedFunction {
         Ok((pre, true))
     }
 
+    /// Drops the loaded code unless the function is `--keep-warm` (at start, before it serves).
+    pub fn unload_unless_warm(&self) {
+        if !self.manifest.settings.keep_warm {
+            self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+
     /// Drops the loaded code if the function has been idle for `idle` and nothing runs or
     /// waits; `--keep-warm` functions stay. Returns whether it unloaded.
     pub fn unload_if_idle(&self, idle: std::time::Duration) -> bool {

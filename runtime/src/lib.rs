@@ -23,6 +23,7 @@ pub mod function;
 pub mod gpu;
 pub mod gpu_budget;
 pub mod guest_log;
+pub mod heap;
 pub mod host;
 pub mod invoke;
 pub mod metering;

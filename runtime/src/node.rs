@@ -233,10 +233,15 @@ impl Node {
         loop {
             tokio::time::sleep(period).await;
             let Some(node) = node.upgrade() else { return };
+            let mut unloaded = 0;
             for function in node.snapshot().functions.values() {
                 if function.unload_if_idle(idle) {
                     tracing::info!(function = %function.name, "unloaded after being idle");
+                    unloaded += 1;
                 }
+            }
+            if unloaded > 0 {
+                let _ = tokio::task::spawn_blocking(crate::heap::release_freed).await;
             }
         }
     }
@@ -403,7 +408,15 @@ impl Node {
             .map_err(|e| anyhow!("loader task failed: {e}"))
             .and_then(|r| r);
             match result {
-                Ok(function) => loaded.push(function),
+                Ok(function) => {
+                    // Scale to zero across restarts: with idle unloading on, a function starts
+                    // unloaded (it was loaded once to check its artifact) and its first request
+                    // loads it, so thousands of idle functions cost little memory.
+                    if self.options.idle_unload.is_some() {
+                        function.unload_unless_warm();
+                    }
+                    loaded.push(function)
+                }
                 Err(error) => {
                     tracing::error!(function = %name, "failed to load: {error:#}");
                     self.load_failures
@@ -412,6 +425,9 @@ impl Node {
                         .push((name, format!("{error:#}")));
                 }
             }
+        }
+        if self.options.idle_unload.is_some() {
+            let _ = tokio::task::spawn_blocking(crate::heap::release_freed).await;
         }
         self.restore_gpu_spend(&loaded);
         let _guard = self.changes.lock().await;

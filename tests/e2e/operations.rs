@@ -358,4 +358,15 @@ fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
         "{}",
         node.log()
     );
+
+    // After a restart, functions start scaled to zero (their artifacts were checked, their code
+    // is not in memory) except --keep-warm ones; the first request loads them.
+    let mut node = node;
+    assert!(node.terminate().success());
+    let restarted = Node::start_in(&node.data.clone(), &["--idle-unload", "300ms"]);
+    assert_eq!(restarted.function("hello")["loaded"], false);
+    assert_eq!(restarted.function("warm")["loaded"], true);
+    let reply = restarted.get("/fn/hello/?name=after");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["message"], "Hello, after!");
 }

@@ -276,15 +276,6 @@ impl CudaEncoder {
             block_dim: (ROW_THREADS, 1, 1),
             shared_mem_bytes: ((width + 32) * 4) as u32,
         };
-        let element_config = |n: usize| LaunchConfig {
-            grid_dim: (
-                n.div_ceil(ELEMENT_THREADS as usize).clamp(1, 65_535) as u32,
-                1,
-                1,
-            ),
-            block_dim: (ELEMENT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // Taken out while the pass runs (and dropped if it fails: the next pass reallocates).
         let mut taken = self.scratch.take().expect("sized above");
         let scratch = &mut taken;
@@ -311,28 +302,9 @@ impl CudaEncoder {
                 .map_err(fault("launching flint_embed"))?;
         }
         for layer in &self.layers {
-            let rows = tokens as i64;
             // qkv = states W_qkv^T + b
-            linear(
-                &self.blas,
-                &layer.qkv,
-                &scratch.states,
-                tokens,
-                &mut scratch.qkv,
-            )?;
-            let (cols, gelu) = (layer.qkv.outputs as i32, 0i32);
+            self.dense(&layer.qkv, &scratch.states, tokens, &mut scratch.qkv, false)?;
             unsafe {
-                let mut launch = stream.launch_builder(&self.kernels.bias_activation);
-                launch
-                    .arg(&mut scratch.qkv)
-                    .arg(&layer.qkv.bias)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&gelu);
-                launch
-                    .launch(element_config(tokens * layer.qkv.outputs))
-                    .map_err(fault("launching flint_bias_activation"))?;
-
                 let mut launch = stream.launch_builder(&self.kernels.attention);
                 launch
                     .arg(&scratch.qkv)
@@ -368,26 +340,13 @@ impl CudaEncoder {
                 row_config(tokens, h),
             )?;
 
-            linear(
-                &self.blas,
+            self.dense(
                 &layer.intermediate,
                 &scratch.states,
                 tokens,
                 &mut scratch.inner,
+                true,
             )?;
-            let (cols, gelu) = (layer.intermediate.outputs as i32, 1i32);
-            unsafe {
-                let mut launch = stream.launch_builder(&self.kernels.bias_activation);
-                launch
-                    .arg(&mut scratch.inner)
-                    .arg(&layer.intermediate.bias)
-                    .arg(&rows)
-                    .arg(&cols)
-                    .arg(&gelu);
-                launch
-                    .launch(element_config(tokens * layer.intermediate.outputs))
-                    .map_err(fault("launching flint_bias_activation"))?;
-            }
             linear(
                 &self.blas,
                 &layer.output,
@@ -428,6 +387,40 @@ impl CudaEncoder {
         stream.synchronize().map_err(fault("running the encoder"))?;
         self.scratch = Some(taken);
         Ok(pooled.chunks(h).map(<[f32]>::to_vec).collect())
+    }
+
+    /// `y = x W^T + b` over `rows` rows, then exact GELU if `gelu` is set.
+    fn dense(
+        &self,
+        layer: &DeviceLinear,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        y: &mut CudaSlice<f32>,
+        gelu: bool,
+    ) -> GpuResult<()> {
+        linear(&self.blas, layer, x, rows, y)?;
+        let (count, cols, gelu) = (rows as i64, layer.outputs as i32, gelu as i32);
+        let n = rows * layer.outputs;
+        let config = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(ELEMENT_THREADS as usize).clamp(1, 65_535) as u32,
+                1,
+                1,
+            ),
+            block_dim: (ELEMENT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = self.stream.launch_builder(&self.kernels.bias_activation);
+        launch
+            .arg(y)
+            .arg(&layer.bias)
+            .arg(&count)
+            .arg(&cols)
+            .arg(&gelu);
+        // SAFETY: matches `flint_bias_activation`; `y` holds `rows` rows of `layer.outputs`.
+        unsafe { launch.launch(config) }
+            .map(|_| ())
+            .map_err(|e| self.device.fault("launching flint_bias_activation", e))
     }
 
     /// `states = LayerNorm(states + projected + bias)`, in place.
