@@ -6,6 +6,9 @@
 #                                  flint-load and the guests, installs the model, and packs them
 #                                  into target/gpu-kit/ (see below)
 #   scripts/bench-gpu.sh [ARGS]    on the GPU machine: runs bench/gpu_suite.py ARGS with the kit
+#   scripts/bench-gpu.sh --tests   on the GPU machine: runs the kit's GPU test binaries
+#                                  (flint-gpu's unit tests, cuda_backend, nvrtc, and minilm once
+#                                  the model's halves are there) with FLINT_REQUIRE_GPU=1
 #
 # The kit is three folders, each under one device call's 64 MiB carry limit:
 # target/gpu-kit/a (stripped binaries, guests and the model's small files, ~31 MiB),
@@ -33,6 +36,20 @@ if [ "${1:-}" = "--build" ]; then
         strip -o "$KIT/a/bin/$bin" "target/release/$bin"
     done
     cp target/wasm-guests/wasm32-wasip2/release/*.wasm "$KIT/a/guests/"
+    echo "== building the GPU test binaries" >&2
+    mkdir -p "$KIT/a/tests" "$KIT/a/shared/golden"
+    cargo test --release --locked -p flint-gpu --no-run --message-format=json 2>/dev/null \
+        | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        print(m["target"]["name"], m["executable"])' \
+        | while read -r name exe; do
+            # The emulation test needs a C++ compiler and this checkout; it is not a GPU test.
+            [ "$name" = cuda_emulation ] || strip -o "$KIT/a/tests/$name" "$exe"
+        done
+    cp ../shared/golden/minilm-l6-v2.json "$KIT/a/shared/golden/"
     MODEL=target/models/all-MiniLM-L6-v2
     (cd "$MODEL" && tar cf - --exclude=model.safetensors .) | tar xf - -C "$KIT/a/model"
     half=$(( ($(stat -c %s "$MODEL/model.safetensors") + 1) / 2 ))
@@ -50,5 +67,20 @@ if [ -d "$KIT/a" ]; then
         cat "$KIT/m0/model.safetensors.part0" "$KIT/m1/model.safetensors.part1" >"$MODEL_DIR/model.safetensors"
     fi
     export FLINT_BIN_DIR=$KIT/a/bin FLINT_GUESTS_DIR=$KIT/a/guests FLINT_MINILM_DIR=$MODEL_DIR
+fi
+if [ "${1:-}" = "--tests" ]; then
+    [ -d "$KIT/a/tests" ] || { echo "no test binaries in $KIT/a/tests: build the kit" >&2; exit 1; }
+    export FLINT_REQUIRE_GPU=1 FLINT_SHARED_DIR=$KIT/a/shared
+    status=0
+    for test in "$KIT"/a/tests/*; do
+        name=$(basename "$test")
+        if [ "$name" = minilm ] && [ ! -f "$MODEL_DIR/model.safetensors" ]; then
+            echo "== $name: skipped until target/gpu-kit/m0 and m1 are carried" >&2
+            continue
+        fi
+        echo "== $name" >&2
+        "$test" --nocapture || status=1
+    done
+    exit $status
 fi
 exec python3 bench/gpu_suite.py "$@"
