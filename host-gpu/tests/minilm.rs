@@ -19,6 +19,14 @@ fn model() -> &'static EmbeddingModel {
     MODEL.get_or_init(|| EmbeddingModel::load(&model_dir()).expect("loading all-MiniLM-L6-v2"))
 }
 
+/// The largest element-wise difference of two vectors.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 fn check(text: &str, got: &[f32], want: &Value) {
     let want: Vec<f32> = want
         .as_array()
@@ -27,11 +35,7 @@ fn check(text: &str, got: &[f32], want: &Value) {
         .map(|v| v.as_f64().unwrap() as f32)
         .collect();
     assert_eq!(got.len(), want.len(), "{text:?}: dimension");
-    let max = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let max = max_abs_diff(got, &want);
     let dot: f64 = got
         .iter()
         .zip(&want)
@@ -145,11 +149,7 @@ fn the_cuda_encoder_matches_the_golden_embeddings_and_the_cpu_path() {
     let on_gpu = model.embed_ids(&ids);
     let on_cpu = model.embed_ids_on_cpu(&ids);
     for (text, (g, c)) in texts.iter().zip(on_gpu.iter().zip(&on_cpu)) {
-        let max = g
-            .iter()
-            .zip(c)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max = max_abs_diff(g, c);
         assert!(max <= 1e-5, "{text:?}: GPU vs CPU max |diff| {max:e}");
     }
     assert_eq!(model.backend(), "cuda", "{:?}", model.cpu_reason());
@@ -163,11 +163,7 @@ fn the_cuda_encoder_matches_the_golden_embeddings_and_the_cpu_path() {
     let starved = model.embed_ids(&many);
     for (i, vector) in starved.iter().enumerate() {
         let want = &on_cpu[i % on_cpu.len()];
-        let max = vector
-            .iter()
-            .zip(want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let max = max_abs_diff(vector, want);
         assert!(
             max <= 1e-5,
             "sequence {i} without device memory: max |diff| {max:e}"
