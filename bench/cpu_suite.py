@@ -523,7 +523,7 @@ def print_table(results):
                 if previous is None:
                     return ""
                 kib = (r[key] - d[previous][key]) * 1024 / (int(count) - int(previous))
-                return f"+{kib:.1f} KiB per function over {previous}"
+                return f"{kib:+.1f} KiB per function over {previous}"
             rows.append((f"node RSS, {count} idle functions (unloaded)", f"{r['idle_rss_mib']:.1f} MiB",
                          growth("idle_rss_mib"), "", "10k in <= 1 GiB"))
             rows.append((f"node RSS, {count} idle functions after restart", f"{r['restarted_rss_mib']:.1f} MiB",
@@ -538,10 +538,19 @@ def print_table(results):
                 continue
             rows.append((f"MiniLM CPU embeddings/s, {key}", f"{r['flint']:.1f}", f"PyTorch {r['pytorch']:.1f}",
                          f"{r['ratio']:.2f}x", ">= 1.0x"))
-    b = results.get("batching")
-    if b:
-        rows.append(("64 single-text clients, req/s", f"{b['batching']['rps']:.1f}",
-                     f"no batching {b['no_batching']['rps']:.1f}", f"{b['ratio_rps']:.2f}x", ">= 10x"))
+    if results.get("batching"):
+        rows.append(batching_row(results["batching"]))
+    print_rows(rows)
+
+
+def batching_row(b):
+    """The table row of a batching section."""
+    return ("64 single-text clients, req/s", f"{b['batching']['rps']:.1f}",
+            f"no batching {b['no_batching']['rps']:.1f}", f"{b['ratio_rps']:.2f}x", ">= 10x")
+
+
+def print_rows(rows):
+    """Prints `rows` under HEADER in aligned columns."""
     widths = [max(len(str(row[i])) for row in rows + [HEADER]) for i in range(len(HEADER))]
     for row in [HEADER] + rows:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))

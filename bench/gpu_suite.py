@@ -134,12 +134,8 @@ def print_table(results):
                              f"{r['ratio']:.2f}x", ">= 1.5x at batch 32"))
     b = results.get("batching")
     if b:
-        rows.append(("64 single-text clients, req/s", f"{b['batching']['rps']:.1f}",
-                     f"no batching {b['no_batching']['rps']:.1f}", f"{b['ratio_rps']:.2f}x", ">= 10x"))
-    header = cpu_suite.HEADER
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+        rows.append(cpu_suite.batching_row(b))
+    cpu_suite.print_rows(rows)
 
 
 def main():

@@ -202,11 +202,6 @@ impl CudaEncoder {
         Ok(encoder)
     }
 
-    /// The device's ordinal.
-    pub fn ordinal(&self) -> usize {
-        self.device.ordinal()
-    }
-
     /// Whether the device faulted (its context is poisoned: nothing more can run there).
     pub fn device_faulted(&self) -> bool {
         self.device.is_faulted()
