@@ -46,6 +46,11 @@ pub struct DeviceInfo {
     pub peak_bytes: u64,
     /// Time spent in GPU work on it since the node started, summed over invocations.
     pub busy: Duration,
+    /// Whether it is out of service: a fault poisoned its context and the new one is not
+    /// ready yet.
+    pub faulted: bool,
+    /// How many times a poisoned context was replaced by a working one.
+    pub context_rebuilds: u64,
 }
 
 enum Backend {
@@ -202,6 +207,8 @@ impl Pool {
                 used_bytes: budget.used(),
                 peak_bytes: budget.peak(),
                 busy: self.busy(0),
+                faulted: false,
+                context_rebuilds: 0,
             }],
             Backend::Cuda { devices } => devices
                 .iter()
@@ -214,6 +221,8 @@ impl Pool {
                     used_bytes: d.budget().used(),
                     peak_bytes: d.budget().peak(),
                     busy: self.busy(index),
+                    faulted: d.is_faulted(),
+                    context_rebuilds: d.context_rebuilds(),
                 })
                 .collect(),
         }
@@ -260,7 +269,8 @@ impl Pool {
         }
     }
 
-    /// Opens a session on the least loaded device.
+    /// Opens a session on the least loaded device that is in service (a device whose context
+    /// is being rebuilt answers with a retryable `device-fault` only if no other is).
     pub fn session(&self, limits: SessionLimits) -> GpuResult<Session> {
         let invocation =
             MemoryBudget::new("invocation's GPU memory quota", limits.invocation_bytes);
@@ -275,7 +285,7 @@ impl Pool {
                 let (index, device) = devices
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, d)| (d.budget().used(), d.active_sessions()))
+                    .min_by_key(|(_, d)| (d.is_faulted(), d.budget().used(), d.active_sessions()))
                     .expect("a CUDA pool has devices");
                 budgets.push(device.budget().clone());
                 let lease = device.lease_stream()?;

@@ -1,10 +1,15 @@
-//! A kernel that writes to an illegal address poisons its CUDA context: the failure is a
-//! retryable `device-fault`, and the device is taken out of service instead of failing later
-//! calls in confusing ways. (Its own test binary: the fault poisons the process's context.)
+//! A kernel that writes to an illegal address poisons its CUDA context. The failure is a
+//! retryable `device-fault`; the device then rebuilds its context, checks it, and serves again:
+//! ops, custom kernels and (where the model is installed) a resident model that is loaded
+//! again. (Its own test binary, one test: the fault affects everything on the device.)
 
 mod common;
+#[path = "../../tests/fixtures.rs"]
+mod fixtures;
 
-use flint_gpu::{DType, ErrorKind, KernelArg};
+use flint_gpu::model::EmbeddingModel;
+use flint_gpu::{DType, ErrorKind, KernelArg, Pool, Session};
+use std::time::{Duration, Instant};
 
 const WILD_WRITE: &str = r#"
 extern "C" __global__ void wild(float* out) {
@@ -13,15 +18,11 @@ extern "C" __global__ void wild(float* out) {
 }
 "#;
 
-#[test]
-fn illegal_address_is_a_device_fault() {
-    let Some(pool) = common::cuda_pool() else {
-        return;
-    };
-    let session = pool.session(common::session_limits(1 << 20, true)).unwrap();
+/// Launches [`WILD_WRITE`] in `session` and returns the error it gets.
+fn fault(session: &Session) -> flint_gpu::GpuError {
     let out = session.zeros(DType::F32, &[4]).unwrap();
     let kernel = session.compile_kernel(WILD_WRITE, "wild").unwrap();
-    let error = session
+    session
         .launch(
             &kernel,
             (1, 1, 1),
@@ -29,14 +30,138 @@ fn illegal_address_is_a_device_fault() {
             0,
             &[KernelArg::Tensor(&out)],
         )
-        .unwrap_err();
+        .unwrap_err()
+}
+
+/// Waits until device `index` has rebuilt its context `rebuilds` times and is in service.
+fn wait_for_rebuild(pool: &Pool, index: usize, rebuilds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let device = &pool.devices()[index];
+        if !device.faulted && device.context_rebuilds >= rebuilds {
+            assert_eq!(device.context_rebuilds, rebuilds);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GPU {index} did not come back within 60 s: {device:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The installed MiniLM, if there is one (the GPU kit carries it separately).
+fn installed_model() -> Option<std::path::PathBuf> {
+    let dir = std::panic::catch_unwind(fixtures::minilm_dir).ok();
+    if dir.is_none() {
+        eprintln!("skipping the resident-model part: all-MiniLM-L6-v2 is not installed");
+    }
+    dir
+}
+
+#[test]
+fn a_faulting_kernel_fails_its_work_and_the_device_comes_back() {
+    let Some(pool) = common::cuda_pool() else {
+        return;
+    };
+    let baseline = pool.used_bytes();
+    let model = installed_model().map(|dir| {
+        let device = pool
+            .device_for_model()
+            .expect("a CUDA pool offers a device");
+        let model = EmbeddingModel::load_on(&dir, Some(device)).unwrap();
+        assert_eq!(model.backend(), "cuda", "{:?}", model.cpu_reason());
+        model
+    });
+    let texts = ["a faulting kernel must not take the model down", "hello"];
+    let before_fault = model.as_ref().map(|m| m.embed(&texts).unwrap().vectors);
+
+    let session = pool.session(common::session_limits(1 << 20, true)).unwrap();
+    let index = session.device_index();
+    let survivor = session.upload_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
+    let old_kernel = session
+        .compile_kernel(common::VECTOR_ADD, "vector_add")
+        .unwrap();
+    let error = fault(&session);
     assert_eq!(error.kind, ErrorKind::DeviceFault, "{}", error.message);
     assert!(error.message.contains("retry"), "{}", error.message);
-    drop(out);
-    drop(session);
-    let after = pool.session(common::session_limits(1 << 20, true));
-    // With one device, the pool refuses new work on the poisoned device with a clear error.
-    if pool.devices().len() == 1 {
-        assert_eq!(after.err().unwrap().kind, ErrorKind::DeviceFault);
+    // The rest of the in-flight session's work fails the same way, without panics or hangs.
+    let later = session.download_f32(&survivor).unwrap_err();
+    assert_eq!(later.kind, ErrorKind::DeviceFault, "{}", later.message);
+
+    // A model on the poisoned device answers from the CPU meanwhile, with the same vectors.
+    if let (Some(model), Some(want)) = (&model, &before_fault) {
+        let got = model.embed(&texts).unwrap().vectors;
+        assert_eq!(model.backend(), "cpu");
+        let reason = model.cpu_reason().unwrap();
+        assert!(reason.contains("faulted"), "{reason}");
+        for (g, w) in got.iter().zip(want) {
+            common::assert_close("embedding during the rebuild", g, w, 1e-5);
+        }
     }
+    drop(survivor);
+    drop(session);
+
+    wait_for_rebuild(&pool, index, 1);
+    let session = pool.session(common::session_limits(1 << 30, true)).unwrap();
+    common::check_every_op(&session);
+    if session.device_index() == index {
+        // A kernel compiled in the poisoned context is refused, with what to do about it.
+        let error = session
+            .launch(&old_kernel, (1, 1, 1), (1, 1, 1), 0, &[])
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeviceFault, "{}", error.message);
+        assert!(
+            error.message.contains("compile it again"),
+            "{}",
+            error.message
+        );
+    }
+    let kernel = session
+        .compile_kernel(common::VECTOR_ADD, "vector_add")
+        .unwrap();
+    let a = session
+        .upload_f32(&[5], &[1.0, 2.0, 3.0, 4.0, 5.0])
+        .unwrap();
+    let c = session.zeros(DType::F32, &[5]).unwrap();
+    session
+        .launch(
+            &kernel,
+            (1, 1, 1),
+            (32, 1, 1),
+            0,
+            &[
+                KernelArg::Tensor(&a),
+                KernelArg::Tensor(&a),
+                KernelArg::Tensor(&c),
+                KernelArg::U32(5),
+            ],
+        )
+        .unwrap();
+    let doubled = session.download_f32(&c).unwrap();
+    assert_eq!(doubled, [2.0, 4.0, 6.0, 8.0, 10.0]);
+    drop((a, c, kernel, session, old_kernel));
+
+    // The model's next batch loads it into the rebuilt context.
+    if let (Some(model), Some(want)) = (&model, &before_fault) {
+        let got = model.embed(&texts).unwrap().vectors;
+        assert_eq!(model.backend(), "cuda", "{:?}", model.cpu_reason());
+        assert_eq!(model.cpu_reason(), None);
+        for (g, w) in got.iter().zip(want) {
+            common::assert_close("embedding after the rebuild", g, w, 1e-5);
+        }
+    }
+    drop(model);
+
+    // A second fault is handled the same way.
+    let session = pool.session(common::session_limits(1 << 20, true)).unwrap();
+    let second = session.device_index();
+    assert_eq!(fault(&session).kind, ErrorKind::DeviceFault);
+    drop(session);
+    wait_for_rebuild(&pool, second, if second == index { 2 } else { 1 });
+    assert_eq!(
+        pool.used_bytes(),
+        baseline,
+        "every tensor and the model's weights were released"
+    );
 }

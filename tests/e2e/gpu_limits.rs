@@ -241,6 +241,8 @@ fn fnctl_gpu_shows_who_holds_memory_and_utilization() {
         "{idle}"
     );
     assert_eq!(idle["devices"][0]["utilization_percent"], 0.0, "{idle}");
+    assert_eq!(idle["devices"][0]["faulted"], false, "{idle}");
+    assert_eq!(idle["devices"][0]["context_rebuilds"], 0, "{idle}");
 
     let holding = {
         let url = node.url("/fn/holder/?mb=6&then=sleep&ms=1500");
@@ -278,6 +280,11 @@ fn fnctl_gpu_shows_who_holds_memory_and_utilization() {
             .lines()
             .any(|l| l.contains("holder") && l.contains("6 MiB")),
         "{}",
+        table.stdout
+    );
+    assert!(
+        table.stdout.lines().any(|l| l.ends_with(" ok")),
+        "the device's STATE is `ok`: {}",
         table.stdout
     );
     assert_eq!(holding.join().unwrap().status, 200);

@@ -6,23 +6,24 @@
 //! touching them, so a machine without CUDA gets an explanation, not a panic.
 
 mod builtins;
+mod context;
 mod timing;
 
 pub(crate) use builtins::compile_module;
 pub use builtins::{SOURCE as BUILTINS_SOURCE, compile_ptx};
+pub(crate) use context::{ContextBlas, DeviceContext};
 
 use crate::error::{ErrorKind, GpuError, GpuResult};
 use crate::memory::MemoryBudget;
 use crate::pool::KernelArg;
 use crate::tensor::Storage;
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
+use cudarc::cublas::{Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
     LaunchConfig, PushKernelArg, sys::cudaError_enum,
 };
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 use timing::StreamTimer;
 
@@ -33,31 +34,33 @@ const USABLE_FRACTION: f64 = 0.9;
 /// Threads per block of the built-in kernels.
 const BLOCK: u32 = 256;
 
-/// One CUDA device with its context, streams and caches.
+/// One CUDA device: its memory budget and the context new work goes to (with its streams and
+/// caches), which is replaced when a fault poisons it.
 pub struct CudaDevice {
     ordinal: usize,
     name: String,
     arch: String,
-    ctx: Arc<CudaContext>,
     budget: Arc<MemoryBudget>,
-    idle: Mutex<Vec<StreamSlot>>,
     active: AtomicUsize,
-    builtins: OnceLock<Result<builtins::Builtins, GpuError>>,
-    kernels: Mutex<HashMap<(String, String), Arc<CompiledKernel>>>,
-    faulted: AtomicBool,
+    current: RwLock<Arc<DeviceContext>>,
+    /// Contexts built to replace poisoned ones.
+    rebuilds: AtomicU64,
     /// GPU time of all sessions' work, in nanoseconds, as measured by CUDA events.
     busy_ns: AtomicU64,
 }
 
 struct StreamSlot {
     stream: Arc<CudaStream>,
-    blas: Arc<CudaBlas>,
+    blas: ContextBlas,
     timer: StreamTimer,
 }
 
-/// A stream of one device leased to one session; returned to the device's pool on drop.
+/// A stream of one device leased to one session; returned to the device's pool on drop. The
+/// lease keeps the context it was made in for its whole life, even if the device moves on to
+/// a rebuilt one (the lease's work then fails with `device-fault`).
 pub struct StreamLease {
     device: Arc<CudaDevice>,
+    context: Arc<DeviceContext>,
     slot: Option<StreamSlot>,
 }
 
@@ -72,6 +75,7 @@ pub struct CompiledKernel {
     function: CudaFunction,
     _module: Arc<CudaModule>,
     ordinal: usize,
+    generation: u64,
 }
 
 /// Binary element-wise ops.
@@ -129,16 +133,13 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
             ordinal,
             name,
             arch: format!("sm_{major}{minor}"),
-            ctx,
             budget: MemoryBudget::new(
                 format!("memory of GPU {ordinal}"),
                 (total as f64 * USABLE_FRACTION) as u64,
             ),
-            idle: Mutex::new(Vec::new()),
             active: AtomicUsize::new(0),
-            builtins: OnceLock::new(),
-            kernels: Mutex::new(HashMap::new()),
-            faulted: AtomicBool::new(false),
+            current: RwLock::new(Arc::new(DeviceContext::new(ctx, 0))),
+            rebuilds: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
         }));
     }
@@ -196,32 +197,70 @@ impl CudaDevice {
         self.active.load(Ordering::Relaxed)
     }
 
-    /// Whether a kernel poisoned its context.
+    /// Whether the device is out of service: a fault poisoned its context and the replacement
+    /// is not ready yet.
     pub fn is_faulted(&self) -> bool {
-        self.faulted.load(Ordering::Acquire)
+        self.current_context().is_poisoned()
     }
 
-    /// Leases a stream (reusing an idle one).
-    pub fn lease_stream(self: &Arc<Self>) -> GpuResult<StreamLease> {
-        if self.is_faulted() {
+    /// How many times a poisoned context was replaced by a working one.
+    pub fn context_rebuilds(&self) -> u64 {
+        self.rebuilds.load(Ordering::Relaxed)
+    }
+
+    /// Which context new work goes to: 0 for the first, one more after each rebuild.
+    pub fn current_generation(&self) -> u64 {
+        self.current_context().generation
+    }
+
+    /// The context new work goes to (possibly poisoned: check before use).
+    pub(crate) fn current_context(&self) -> Arc<DeviceContext> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The context new work goes to, or a retryable `device-fault` while it is being rebuilt.
+    pub(crate) fn usable_context(&self) -> GpuResult<Arc<DeviceContext>> {
+        let context = self.current_context();
+        if context.is_poisoned() {
             return Err(GpuError::new(
                 ErrorKind::DeviceFault,
-                format!("GPU {} faulted earlier and is out of service", self.ordinal),
+                format!(
+                    "GPU {} faulted and its context is being rebuilt; retry shortly",
+                    self.ordinal
+                ),
             ));
         }
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        Ok(context)
+    }
+
+    /// Makes a rebuilt, tested context the one new work goes to.
+    fn install(&self, context: DeviceContext) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(context);
+        self.rebuilds.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Leases a stream (reusing an idle one) in the device's current context.
+    pub fn lease_stream(self: &Arc<Self>) -> GpuResult<StreamLease> {
+        let context = self.usable_context()?;
+        let idle = context
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         let slot = match idle {
             Some(slot) => slot,
             None => {
-                let stream = self
+                let stream = context
                     .ctx
                     .new_stream()
-                    .map_err(|e| self.fault("creating a stream", e))?;
-                let blas = CudaBlas::new(stream.clone())
-                    .map_err(|e| GpuError::device("creating a cuBLAS handle", format!("{e:?}")))?;
+                    .map_err(|e| self.fault(&context, "creating a stream", e))?;
+                let blas = context.new_blas(stream.clone())?;
                 StreamSlot {
                     stream,
-                    blas: Arc::new(blas),
+                    blas,
                     timer: StreamTimer::default(),
                 }
             }
@@ -229,6 +268,7 @@ impl CudaDevice {
         self.active.fetch_add(1, Ordering::Relaxed);
         Ok(StreamLease {
             device: self.clone(),
+            context,
             slot: Some(slot),
         })
     }
@@ -244,49 +284,57 @@ impl CudaDevice {
             .fetch_add(time.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// The device's context.
-    pub(crate) fn context(&self) -> &Arc<CudaContext> {
-        &self.ctx
-    }
-
-    /// Maps a driver error, taking the device out of service if the error is sticky.
-    pub(crate) fn fault(&self, context: &str, error: DriverError) -> GpuError {
-        if is_sticky(&error) {
-            self.faulted.store(true, Ordering::Release);
+    /// Maps a driver error from work in `context`. A sticky error poisons that context: the
+    /// first to see it takes the device out of service and starts building a new context
+    /// (unless the device already moved on). The error is a retryable `device-fault`.
+    pub(crate) fn fault(
+        self: &Arc<Self>,
+        context: &DeviceContext,
+        doing: &str,
+        error: DriverError,
+    ) -> GpuError {
+        if !is_sticky(&error) {
+            return GpuError::device(doing, format!("{error:?}"));
+        }
+        if context.poison() {
             tracing::error!(
                 gpu = self.ordinal,
-                "{context}: {error:?}; the context is poisoned, device out of service"
+                generation = context.generation,
+                "{doing}: {error:?}; the context is poisoned, rebuilding it"
             );
-            return GpuError::new(
-                ErrorKind::DeviceFault,
-                format!("{context}: {error:?} (the device faulted; the work was lost, retry)"),
-            );
+            context::spawn_rebuild(Arc::downgrade(self), context.generation);
         }
-        GpuError::device(context, format!("{error:?}"))
-    }
-
-    fn builtins(&self) -> GpuResult<&builtins::Builtins> {
-        self.builtins
-            .get_or_init(|| builtins::Builtins::compile(&self.ctx, &self.arch))
-            .as_ref()
-            .map_err(Clone::clone)
+        GpuError::new(
+            ErrorKind::DeviceFault,
+            format!("{doing}: {error:?} (the device faulted; the work was lost, retry)"),
+        )
     }
 }
 
 impl Drop for StreamLease {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
-            // Wait for this session's work before the stream serves someone else.
-            let finished = slot.stream.synchronize().is_ok();
+            // Wait for this session's work before the stream serves someone else. A fault
+            // that only shows now (in work nobody waited for) still poisons the context.
+            let finished = match slot.stream.synchronize() {
+                Ok(()) => true,
+                Err(error) => {
+                    let error =
+                        self.device
+                            .fault(&self.context, "finishing a session's work", error);
+                    tracing::debug!("{error}");
+                    false
+                }
+            };
             if finished {
                 self.device.add_busy(slot.timer.collect(true));
             }
             slot.timer.take_total();
-            if finished && !self.device.is_faulted() {
-                self.device
+            if finished && !self.context.is_poisoned() {
+                self.context
                     .idle
                     .lock()
-                    .unwrap_or_else(|e| e.into_inner())
+                    .unwrap_or_else(PoisonError::into_inner)
                     .push(slot);
             }
         }
@@ -327,7 +375,7 @@ impl StreamLease {
 
     /// Runs `work`, which enqueues on this lease's stream, between two timing events.
     fn timed<R>(&self, work: impl FnOnce() -> GpuResult<R>) -> GpuResult<R> {
-        self.timer().time(&self.device.ctx, self.stream(), work)
+        self.timer().time(&self.context.ctx, self.stream(), work)
     }
 
     /// GPU time of this lease's work so far, measured with CUDA events on its stream. Waits
@@ -342,14 +390,14 @@ impl StreamLease {
     }
 
     fn check(&self, context: &str, result: Result<(), DriverError>) -> GpuResult<()> {
-        result.map_err(|e| self.device.fault(context, e))
+        result.map_err(|e| self.device.fault(&self.context, context, e))
     }
 
     fn alloc(&self, len: usize) -> GpuResult<DeviceBuffer> {
-        let slice = self
-            .stream()
-            .alloc_zeros::<u8>(len.max(1))
-            .map_err(|e| self.device.fault("allocating device memory", e))?;
+        let slice = self.stream().alloc_zeros::<u8>(len.max(1)).map_err(|e| {
+            self.device
+                .fault(&self.context, "allocating device memory", e)
+        })?;
         Ok(DeviceBuffer { slice, len })
     }
 
@@ -362,7 +410,7 @@ impl StreamLease {
             let slice = self
                 .stream()
                 .clone_htod(data)
-                .map_err(|e| self.device.fault("copying to the device", e))?;
+                .map_err(|e| self.device.fault(&self.context, "copying to the device", e))?;
             Ok(DeviceBuffer {
                 slice,
                 len: data.len(),
@@ -378,10 +426,10 @@ impl StreamLease {
     /// Copies a buffer back (waits for the stream).
     pub fn download(&self, buffer: &DeviceBuffer) -> GpuResult<Vec<u8>> {
         self.timed(|| {
-            let mut bytes = self
-                .stream()
-                .clone_dtoh(&buffer.slice)
-                .map_err(|e| self.device.fault("copying from the device", e))?;
+            let mut bytes = self.stream().clone_dtoh(&buffer.slice).map_err(|e| {
+                self.device
+                    .fault(&self.context, "copying from the device", e)
+            })?;
             bytes.truncate(buffer.len);
             Ok(bytes)
         })
@@ -459,7 +507,7 @@ impl StreamLease {
                 geometry.strides_a[i] = sa[i] as i64;
                 geometry.strides_b[i] = sb[i] as i64;
             }
-            let builtins = self.device.builtins()?;
+            let builtins = self.context.builtins(&self.device.arch)?;
             let count = n as i64;
             let code: i32 = match op {
                 Binary::Add => 0,
@@ -494,7 +542,7 @@ impl StreamLease {
             if n == 0 {
                 return Ok(out);
             }
-            let builtins = self.device.builtins()?;
+            let builtins = self.context.builtins(&self.device.arch)?;
             let (code, factor): (i32, f32) = match op {
                 Elementwise::Relu => (0, 0.0),
                 Elementwise::Gelu => (1, 0.0),
@@ -524,7 +572,7 @@ impl StreamLease {
             if rows == 0 || cols == 0 {
                 return Ok(out);
             }
-            let builtins = self.device.builtins()?;
+            let builtins = self.context.builtins(&self.device.arch)?;
             let (r, c) = (rows as i64, cols as i64);
             let mut launch = self.stream().launch_builder(&builtins.softmax);
             launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c);
@@ -557,7 +605,7 @@ impl StreamLease {
             if count == 0 {
                 return Ok(out);
             }
-            let builtins = self.device.builtins()?;
+            let builtins = self.context.builtins(&self.device.arch)?;
             let (o, l, i) = (outer as i64, n as i64, inner as i64);
             let mut launch = self.stream().launch_builder(&builtins.reduce);
             launch
@@ -590,7 +638,7 @@ impl StreamLease {
             if n == 0 {
                 return Ok(out);
             }
-            let builtins = self.device.builtins()?;
+            let builtins = self.context.builtins(&self.device.arch)?;
             let (r, c, s) = (rows as i64, cols as i64, size as i32);
             let mut launch = self.stream().launch_builder(&builtins.transpose);
             launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c).arg(&s);
@@ -612,15 +660,15 @@ impl StreamLease {
         }
         let key = (source.to_string(), entry.to_string());
         if let Some(kernel) = self
-            .device
+            .context
             .kernels
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
         {
             return Ok(kernel.clone());
         }
-        let module = builtins::compile_module(&self.device.ctx, &self.device.arch, source)?;
+        let module = builtins::compile_module(&self.context.ctx, &self.device.arch, source)?;
         let function = module.load_function(entry).map_err(|e| {
             GpuError::new(
                 ErrorKind::NotFound,
@@ -631,11 +679,12 @@ impl StreamLease {
             function,
             _module: module,
             ordinal: self.device.ordinal,
+            generation: self.context.generation,
         });
-        self.device
+        self.context
             .kernels
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(key, kernel.clone());
         Ok(kernel)
     }
@@ -653,6 +702,12 @@ impl StreamLease {
         if kernel.ordinal != self.device.ordinal {
             return Err(GpuError::invalid(
                 "the kernel was compiled for another device",
+            ));
+        }
+        if kernel.generation != self.context.generation {
+            return Err(GpuError::new(
+                ErrorKind::DeviceFault,
+                "the kernel was compiled before the device's context was rebuilt after a fault; compile it again",
             ));
         }
         let threads = block.0 as u64 * block.1 as u64 * block.2 as u64;

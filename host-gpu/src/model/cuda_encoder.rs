@@ -10,12 +10,12 @@
 
 use super::config::BertConfig;
 use super::weights::{BertWeights, LayerNorm, Linear};
-use crate::cuda::{CudaDevice, compile_module};
+use crate::cuda::{ContextBlas, CudaDevice, DeviceContext, compile_module};
 use crate::error::{GpuError, GpuResult};
 use crate::memory::Reservation;
 use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
-    CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PushKernelArg,
+    CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
 };
 use std::sync::Arc;
 
@@ -77,11 +77,13 @@ struct Scratch {
     _reservation: Reservation,
 }
 
-/// A BERT encoder resident on one CUDA device.
+/// A BERT encoder resident on one CUDA device, in the context that was current when it was
+/// loaded (if a fault poisons that context, the encoder is [stale](CudaEncoder::is_stale)).
 pub struct CudaEncoder {
     device: Arc<CudaDevice>,
+    context: Arc<DeviceContext>,
     stream: Arc<CudaStream>,
-    blas: CudaBlas,
+    blas: ContextBlas,
     kernels: Kernels,
     config: BertConfig,
     word_embeddings: CudaSlice<f32>,
@@ -124,12 +126,9 @@ impl CudaEncoder {
         weights: &BertWeights,
     ) -> GpuResult<CudaEncoder> {
         let head_dim = config.hidden_size / config.num_attention_heads;
+        let context = device.usable_context()?;
         let reservation = Reservation::new(&[device.budget().clone()], weight_bytes(weights))?;
-        let module = compile_module(
-            device.context(),
-            device.arch(),
-            &source_for_head_dim(head_dim),
-        )?;
+        let module = compile_module(&context.ctx, device.arch(), &source_for_head_dim(head_dim))?;
         let load = |name: &str| {
             module.load_function(name).map_err(|e| {
                 GpuError::device(&format!("loading encoder kernel {name}"), format!("{e:?}"))
@@ -143,16 +142,15 @@ impl CudaEncoder {
             mean_pool: load("flint_mean_pool")?,
             _module: module.clone(),
         };
-        let stream = device
-            .context()
+        let stream = context
+            .ctx
             .new_stream()
-            .map_err(|e| device.fault("creating the model's stream", e))?;
-        let blas = CudaBlas::new(stream.clone())
-            .map_err(|e| GpuError::device("creating a cuBLAS handle", format!("{e:?}")))?;
+            .map_err(|e| device.fault(&context, "creating the model's stream", e))?;
+        let blas = context.new_blas(stream.clone())?;
         let upload = |values: &[f32]| -> GpuResult<CudaSlice<f32>> {
             stream
                 .clone_htod(values)
-                .map_err(|e| device.fault("uploading model weights", e))
+                .map_err(|e| device.fault(&context, "uploading model weights", e))
         };
         let linear = |l: &Linear| -> GpuResult<DeviceLinear> {
             Ok(DeviceLinear {
@@ -193,18 +191,35 @@ impl CudaEncoder {
             stream: stream.clone(),
             config: config.clone(),
             device: device.clone(),
+            context: context.clone(),
             scratch: None,
             _weights: reservation,
         };
         stream
             .synchronize()
-            .map_err(|e| device.fault("uploading model weights", e))?;
+            .map_err(|e| encoder.fault("uploading model weights", e))?;
         Ok(encoder)
     }
 
-    /// Whether the device faulted (its context is poisoned: nothing more can run there).
-    pub fn device_faulted(&self) -> bool {
-        self.device.is_faulted()
+    /// Whether a fault poisoned the context the encoder lives in: nothing more can run there,
+    /// and the model has to be loaded again into the device's rebuilt context.
+    pub fn is_stale(&self) -> bool {
+        self.context.is_poisoned()
+    }
+
+    /// Which of its device's contexts the encoder lives in (see [`CudaDevice::current_generation`]).
+    pub fn generation(&self) -> u64 {
+        self.context.generation
+    }
+
+    /// The device the encoder runs on.
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.device
+    }
+
+    /// Maps a driver error of the encoder's work (see [`CudaDevice`]'s fault handling).
+    fn fault(&self, doing: &str, error: DriverError) -> GpuError {
+        self.device.fault(&self.context, doing, error)
     }
 
     /// Sentence embeddings of token sequences: mean-pooled last-layer states, L2-normalized
@@ -243,10 +258,10 @@ impl CudaEncoder {
         let tokens = ids.len();
         let longest = lengths.iter().copied().max().unwrap_or(1) as u32;
         self.ensure_scratch(tokens, sequences.len())?;
-        let fault = |context: &str| {
+        let fault = |doing: &'static str| {
             let device = self.device.clone();
-            let context = context.to_string();
-            move |e| device.fault(&context, e)
+            let context = self.context.clone();
+            move |e| device.fault(&context, doing, e)
         };
         let stream = self.stream.clone();
         let ids = stream
@@ -415,7 +430,7 @@ impl CudaEncoder {
         // SAFETY: matches `flint_bias_activation`; `y` holds `rows` rows of `layer.outputs`.
         unsafe { launch.launch(config) }
             .map(|_| ())
-            .map_err(|e| self.device.fault("launching flint_bias_activation", e))
+            .map_err(|e| self.fault("launching flint_bias_activation", e))
     }
 
     /// `states = LayerNorm(states + projected + bias)`, in place.
@@ -442,7 +457,7 @@ impl CudaEncoder {
         // SAFETY: matches `flint_residual_norm`; both buffers hold `tokens` rows of `width`.
         unsafe { launch.launch(config) }
             .map(|_| ())
-            .map_err(|e| self.device.fault("launching flint_residual_norm", e))
+            .map_err(|e| self.fault("launching flint_residual_norm", e))
     }
 
     /// Makes the scratch buffers hold at least `tokens` rows and `sequences` pooled vectors.
@@ -467,7 +482,7 @@ impl CudaEncoder {
         let alloc = |n: usize| {
             self.stream
                 .alloc_zeros::<f32>(n)
-                .map_err(|e| self.device.fault("allocating the encoder's activations", e))
+                .map_err(|e| self.fault("allocating the encoder's activations", e))
         };
         self.scratch = Some(Scratch {
             tokens,

@@ -9,9 +9,10 @@
 //! ([`cuda_encoder`]) or on the host's cores ([`forward`]).
 //!
 //! A model on a device keeps its f32 weights in host memory too: if a forward pass fails on the
-//! device (its memory is exhausted, say), that batch runs on the CPU instead, and if the device
-//! faulted (a poisoned context), every later batch does too: requests are served more slowly
-//! rather than lost.
+//! device (its memory is exhausted, say), that batch runs on the CPU instead. If the device
+//! faulted (a poisoned context), the model runs on the CPU until the device has a rebuilt
+//! context, and the first batch after that loads it onto the device again: requests are
+//! served more slowly for a while rather than lost.
 
 pub mod batcher;
 mod config;
@@ -34,10 +35,28 @@ pub struct EmbeddingModel {
     sentence: SentenceConfig,
     tokenizer: Tokenizer,
     weights: weights::BertWeights,
-    /// The model on its device (pool index and encoder), while it is usable.
-    gpu: Mutex<Option<(usize, CudaEncoder)>>,
+    /// Where the forward pass runs.
+    residence: Mutex<Residence>,
     /// Why the model runs on the CPU although a device was offered, if it does.
     cpu_reason: Mutex<Option<String>>,
+}
+
+/// Where a model's forward pass runs.
+enum Residence {
+    /// On the host's cores only: no device was offered, or loading onto it failed.
+    Cpu,
+    /// On the device with this pool index.
+    Device {
+        index: usize,
+        encoder: Box<CudaEncoder>,
+    },
+    /// On the host's cores because a fault poisoned the device's context `generation`; once
+    /// the device has a newer context, the model is loaded onto it again.
+    Evicted {
+        index: usize,
+        device: Arc<CudaDevice>,
+        generation: u64,
+    },
 }
 
 /// Embeddings of a batch of texts.
@@ -94,27 +113,79 @@ impl EmbeddingModel {
         let weights = weights::BertWeights::read(dir, &config)
             .with_context(|| format!("loading the weights of {}", dir.display()))?;
         let mut cpu_reason = None;
-        let gpu = device.and_then(|(index, device)| {
-            match CudaEncoder::new(device.clone(), &config, &weights) {
-                Ok(encoder) => Some((index, encoder)),
+        let residence = match device {
+            None => Residence::Cpu,
+            Some((index, device)) => match CudaEncoder::new(device.clone(), &config, &weights) {
+                Ok(encoder) => Residence::Device {
+                    index,
+                    encoder: Box::new(encoder),
+                },
                 Err(error) => {
                     tracing::error!(
                         gpu = device.ordinal(),
                         "the model cannot run on the GPU, using the CPU: {error}"
                     );
                     cpu_reason = Some(format!("loading it onto GPU {index} failed: {error}"));
-                    None
+                    Residence::Cpu
                 }
-            }
-        });
+            },
+        };
         Ok(EmbeddingModel {
             config,
             sentence,
             tokenizer,
             weights,
-            gpu: Mutex::new(gpu),
+            residence: Mutex::new(residence),
             cpu_reason: Mutex::new(cpu_reason),
         })
+    }
+
+    fn residence(&self) -> std::sync::MutexGuard<'_, Residence> {
+        self.residence.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_cpu_reason(&self, reason: Option<String>) {
+        *self.cpu_reason.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// Loads an evicted model onto its device again once the device has a rebuilt context.
+    fn reload_if_rebuilt(&self, residence: &mut Residence) {
+        let Residence::Evicted {
+            index,
+            device,
+            generation,
+        } = residence
+        else {
+            return;
+        };
+        let current = device.current_generation();
+        if device.is_faulted() || current <= *generation {
+            return;
+        }
+        match CudaEncoder::new(device.clone(), &self.config, &self.weights) {
+            Ok(encoder) => {
+                tracing::warn!(
+                    gpu = *index,
+                    "the model is back on GPU {index} after its context was rebuilt"
+                );
+                self.set_cpu_reason(None);
+                *residence = Residence::Device {
+                    index: *index,
+                    encoder: Box::new(encoder),
+                };
+            }
+            Err(error) => {
+                // Wait for the next rebuild rather than retrying every batch.
+                tracing::error!(
+                    gpu = *index,
+                    "loading the model onto GPU {index}'s rebuilt context failed; it stays on the CPU: {error}"
+                );
+                self.set_cpu_reason(Some(format!(
+                    "GPU {index} faulted, and loading it onto the rebuilt context failed: {error}"
+                )));
+                *generation = current;
+            }
+        }
     }
 
     /// Where the forward pass runs: `cuda` or `cpu`.
@@ -128,11 +199,10 @@ impl EmbeddingModel {
 
     /// The pool index of the device the model runs on, if it runs on one.
     pub fn device_index(&self) -> Option<usize> {
-        self.gpu
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(index, _)| *index)
+        match &*self.residence() {
+            Residence::Device { index, .. } => Some(*index),
+            Residence::Cpu | Residence::Evicted { .. } => None,
+        }
     }
 
     /// Why the model runs on the CPU although it was loaded onto a device (loading failed, or
@@ -176,18 +246,22 @@ impl EmbeddingModel {
     /// `max_position_embeddings` long), on the model's device or the CPU.
     pub fn embed_ids(&self, sequences: &[Vec<u32>]) -> Vec<Vec<f32>> {
         {
-            let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((index, encoder)) = gpu.as_mut() {
+            let mut residence = self.residence();
+            self.reload_if_rebuilt(&mut residence);
+            if let Residence::Device { index, encoder } = &mut *residence {
                 match encoder.embed(sequences, self.sentence.normalize) {
                     Ok(vectors) => return vectors,
-                    Err(error) if encoder.device_faulted() => {
+                    Err(error) if encoder.is_stale() => {
                         tracing::error!(
                             gpu = *index,
-                            "the device faulted during the model's forward pass; the model runs on the CPU from now on: {error}"
+                            "the device faulted during the model's forward pass; the model runs on the CPU until the device's context is rebuilt: {error}"
                         );
-                        *self.cpu_reason.lock().unwrap_or_else(|e| e.into_inner()) =
-                            Some(format!("GPU {index} faulted: {error}"));
-                        *gpu = None;
+                        self.set_cpu_reason(Some(format!("GPU {index} faulted: {error}")));
+                        *residence = Residence::Evicted {
+                            index: *index,
+                            device: encoder.device().clone(),
+                            generation: encoder.generation(),
+                        };
                     }
                     Err(error) => {
                         // Out of device memory, for instance: this batch runs on the CPU, the

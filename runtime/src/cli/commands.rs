@@ -705,6 +705,19 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
         }
     }
 }
+/// A device's STATE column: `ok`, or `rebuilding` while a poisoned context is replaced, with
+/// the number of rebuilds so far when there were any.
+fn device_state(device: &Value) -> String {
+    let state = if device["faulted"].as_bool().unwrap_or(false) {
+        "rebuilding"
+    } else {
+        "ok"
+    };
+    match device["context_rebuilds"].as_u64().unwrap_or(0) {
+        0 => state.to_string(),
+        n => format!("{state} ({n} rebuilt)"),
+    }
+}
 
 /// `fnctl gpu`: what `nvidia-smi` shows, per node: each device's memory, utilization and who
 /// holds it; GPU functions and resident models.
@@ -736,11 +749,14 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
                 mib(&d["capacity_bytes"]),
                 mib(&d["peak_bytes"]),
                 format!("{:.0}%", d["utilization_percent"].as_f64().unwrap_or(0.0)),
+                device_state(d),
             ]
         })
         .collect();
     print_table(
-        &["DEVICE", "NAME", "USED", "FREE", "CAPACITY", "PEAK", "UTIL"],
+        &[
+            "DEVICE", "NAME", "USED", "FREE", "CAPACITY", "PEAK", "UTIL", "STATE",
+        ],
         &rows,
     );
     let holders: Vec<Vec<String>> = devices

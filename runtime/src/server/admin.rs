@@ -384,11 +384,14 @@ fn gpu_info(node: &Node) -> Response<ResponseBody> {
         .list()
         .iter()
         .map(|m| {
+            let location = match m.model.device_index() {
+                Some(index) => format!("GPU {index}"),
+                None => "host memory".to_string(),
+            };
             json!({
                 "name": m.registration.name,
                 "bytes": m.weight_bytes,
-                // The forward pass runs on the host's CPU today, weights in host memory.
-                "location": "host memory",
+                "location": location,
             })
         })
         .collect();
@@ -405,6 +408,8 @@ fn gpu_info(node: &Node) -> Response<ResponseBody> {
                 "free_bytes": d.capacity_bytes.saturating_sub(d.used_bytes),
                 "peak_bytes": d.peak_bytes,
                 "busy_seconds": d.busy.as_secs_f64(),
+                "faulted": d.faulted,
+                "context_rebuilds": d.context_rebuilds,
                 "utilization_percent": utilization.get(d.index).copied().unwrap_or(0.0),
                 "holders": holders.get(d.index).cloned().unwrap_or_default(),
             })
