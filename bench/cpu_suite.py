@@ -206,22 +206,32 @@ def bench_sandbox(args):
 def bench_http(args, wasm, flint_name):
     node = FlintNode()
     node.deploy(wasm, flint_name)
+    # The same node without spare sandboxes: every request instantiates its own, as
+    # `wasmtime serve` does.
+    no_spares = FlintNode("--spare-sandboxes", "0")
+    no_spares.deploy(wasm, flint_name)
     peer = WasmtimeServe(wasm)
     try:
-        contenders = {"flint": node.url(f"/fn/{flint_name}/"), "wasmtime_serve": peer.url("/")}
-        for url in contenders.values():  # warm both
+        contenders = {"flint": node.url(f"/fn/{flint_name}/"),
+                      "flint_no_spares": no_spares.url(f"/fn/{flint_name}/"),
+                      "wasmtime_serve": peer.url("/")}
+        for url in contenders.values():  # warm all
             wrk(url, 8, 1)
         out = {}
         for connections in (1, 32):
             runs = alternate(args.runs, contenders, lambda url: wrk(url, connections, args.seconds))
             row = {name: medians(samples) for name, samples in runs.items()}
             row["ratio_rps"] = row["flint"]["rps"] / row["wasmtime_serve"]["rps"]
+            row["ratio_no_spares_rps"] = row["flint_no_spares"]["rps"] / row["wasmtime_serve"]["rps"]
             out[f"c{connections}"] = row
             log(f"  {flint_name} c={connections}: flint {row['flint']['rps']:.0f} req/s, "
-                f"wasmtime serve {row['wasmtime_serve']['rps']:.0f} req/s, ratio {row['ratio_rps']:.2f}")
+                f"without spares {row['flint_no_spares']['rps']:.0f} req/s, "
+                f"wasmtime serve {row['wasmtime_serve']['rps']:.0f} req/s, ratio {row['ratio_rps']:.2f} "
+                f"({row['ratio_no_spares_rps']:.2f} without spares)")
         return out
     finally:
         peer.close()
+        no_spares.close()
         node.close()
 
 
@@ -499,6 +509,11 @@ def print_table(results):
                 rows.append((f"{label} req/s, {c.replace('c', 'c=')}", f"{r['flint']['rps']:.0f}",
                              f"wasmtime serve {r['wasmtime_serve']['rps']:.0f}", f"{r['ratio_rps']:.2f}x",
                              ">= 1.2x"))
+                if "flint_no_spares" in r:
+                    rows.append((f"{label} req/s, {c.replace('c', 'c=')}, --spare-sandboxes 0",
+                                 f"{r['flint_no_spares']['rps']:.0f}",
+                                 f"wasmtime serve {r['wasmtime_serve']['rps']:.0f}",
+                                 f"{r['ratio_no_spares_rps']:.2f}x", ""))
                 rows.append((f"{label} p50 / p99 ms, {c.replace('c', 'c=')}",
                              f"{r['flint']['p50_ms']:.3f} / {r['flint']['p99_ms']:.3f}",
                              f"{r['wasmtime_serve']['p50_ms']:.3f} / {r['wasmtime_serve']['p99_ms']:.3f}", "", ""))

@@ -38,6 +38,8 @@ pub struct LoadedFunction {
     pub uses_gpu: bool,
     /// What its invocations hold on each device, for `fnctl gpu` (shared by its versions).
     pub holdings: Arc<flint_gpu::Holdings>,
+    /// Fresh instances built ahead of its next requests.
+    pub spares: Arc<crate::sandbox::Spares>,
 }
 
 /// What a function shares with the node and its other versions.
@@ -91,6 +93,7 @@ impl LoadedFunction {
             reload: tokio::sync::Mutex::new(()),
             artifact,
             last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+            spares: Arc::default(),
             manifest,
         }
     }
@@ -137,6 +140,7 @@ impl LoadedFunction {
     pub fn unload_unless_warm(&self) {
         if !self.manifest.settings.keep_warm {
             self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
+            self.spares.clear();
         }
     }
 
@@ -153,6 +157,7 @@ impl LoadedFunction {
         if now_ms().saturating_sub(last) < idle.as_millis() as u64 {
             return false;
         }
+        self.spares.clear();
         self.code
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -5,9 +5,10 @@
 use crate::error::{ApiError, ErrorKind};
 use crate::function::LoadedFunction;
 use crate::gpu_budget::{GpuBudget, GpuSpend};
-use crate::host::{InvocationInfo, InvocationState};
+use crate::host::InvocationInfo;
 use crate::metering::{Meter, Outcome};
 use crate::node::Node;
+use crate::sandbox::{self, Sandbox};
 use crate::scheduler::{Gate, Rejected};
 use crate::units::{format_duration, format_size};
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::Instrument;
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::Trap;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
@@ -77,7 +78,12 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let invocation_id = new_invocation_id();
+    // A spare sandbox was built for an invocation id of its own (its guest sees it).
+    let spare = function.spares.take();
+    let invocation_id = match &spare {
+        Some(spare) => spare.invocation_id.to_string(),
+        None => new_invocation_id(),
+    };
     let meter = Meter::start(
         node.metering().clone(),
         &function.name,
@@ -94,7 +100,7 @@ where
     node.count_invocation();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let (mut response, outcome) = match run(node, &function, request, &invocation_id, &meter)
+    let (mut response, outcome) = match run(node, &function, request, &invocation_id, &meter, spare)
         .instrument(span.clone())
         .await
     {
@@ -166,6 +172,7 @@ async fn run<B>(
     request: Request<B>,
     invocation_id: &str,
     meter: &Arc<Meter>,
+    spare: Option<Sandbox>,
 ) -> Result<Response<ResponseBody>, ApiError>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
@@ -192,37 +199,32 @@ where
         .unwrap_or(0);
     meter.update(|record| record.bytes_in = bytes_in);
 
-    let info = InvocationInfo {
-        function: function.name.clone(),
-        invocation_id: Arc::from(invocation_id),
-        memory_bytes: settings.memory_bytes,
-        env: function.env.clone(),
-        allow_outbound: settings.allow_outbound,
-        pool: node.gpu_pool().clone(),
-        models: node.models().clone(),
-        log: node.guest_logs().function(&function.name),
-        gpu_limits: flint_gpu::SessionLimits {
-            invocation_bytes: settings.gpu_memory_bytes,
-            function: function.gpu_budget.clone(),
-            allow_kernels: settings.allow_kernels,
-            holder: Some(function.holdings.clone()),
-        },
-    };
     let timeout = settings.timeout();
     let deadline = Instant::now() + timeout;
-    let mut store = Store::new(node.engine(), InvocationState::new(&info));
-    store.limiter(|state| &mut state.limiter);
-    // One host call may take as much data as the guest can hold (a tensor upload as large as
-    // its memory), not only wasmtime's default 128 MiB; the memory cap still bounds it.
-    store.set_hostcall_fuel(hostcall_fuel(settings.memory_bytes));
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
+    let (pre, cold_start) = function
+        .code(node.linker())
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    meter.update(|record| record.cold_start = cold_start);
+    function.spares.refill(
+        node.options().spares,
+        node.spare_budget(),
+        node.engine(),
+        &pre,
+        |id| invocation_info(node, function, id),
+        timeout,
+    );
+    let (mut store, proxy) = match spare {
+        Some(spare) => {
+            let mut store = spare.store;
+            sandbox::set_deadline(&mut store, deadline);
+            (store, Some(spare.proxy))
         }
-    });
+        None => {
+            let info = invocation_info(node, function, Arc::from(invocation_id));
+            (sandbox::new_store(node.engine(), &info, deadline), None)
+        }
+    };
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (guest_request, outparam) = {
@@ -236,18 +238,22 @@ where
         (guest_request, outparam)
     };
 
-    let (pre, cold_start) = function
-        .code(node.linker())
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    meter.update(|record| record.cold_start = cold_start);
     let task_meter = meter.clone();
+    let spares = function.spares.clone();
     let task = tokio::spawn(
         async move {
             // The slot stays taken until the guest is done, response body included.
             let _admission = admission;
             let outcome = tokio::time::timeout(timeout, async {
-                let proxy = pre.instantiate_async(&mut store).await?;
+                let proxy = match proxy {
+                    Some(proxy) => proxy,
+                    None => {
+                        let started = Instant::now();
+                        let proxy = pre.instantiate_async(&mut store).await?;
+                        spares.record_instantiation(started.elapsed());
+                        proxy
+                    }
+                };
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, guest_request, outparam)
@@ -307,13 +313,25 @@ where
     }
 }
 
-/// wasmtime's default limit on the bytes one guest-to-host call may pass.
-const DEFAULT_HOSTCALL_FUEL: u64 = 128 << 20;
-
-/// The bytes one guest-to-host call may pass: everything a guest with `memory_bytes` of
-/// linear memory can hold, and never less than wasmtime's default.
-fn hostcall_fuel(memory_bytes: u64) -> usize {
-    usize::try_from(memory_bytes.max(DEFAULT_HOSTCALL_FUEL)).unwrap_or(usize::MAX)
+/// What a new invocation of `function` is made of, for invocation `id`.
+fn invocation_info(node: &Node, function: &LoadedFunction, id: Arc<str>) -> InvocationInfo {
+    let settings = &function.manifest.settings;
+    InvocationInfo {
+        function: function.name.clone(),
+        invocation_id: id,
+        memory_bytes: settings.memory_bytes,
+        env: function.env.clone(),
+        allow_outbound: settings.allow_outbound,
+        pool: node.gpu_pool().clone(),
+        models: node.models().clone(),
+        log: node.guest_logs().function(&function.name),
+        gpu_limits: flint_gpu::SessionLimits {
+            invocation_bytes: settings.gpu_memory_bytes,
+            function: function.gpu_budget.clone(),
+            allow_kernels: settings.allow_kernels,
+            holder: Some(function.holdings.clone()),
+        },
+    }
 }
 
 /// 429 once the function has spent its GPU budget for the current period.

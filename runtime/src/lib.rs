@@ -9,6 +9,7 @@
 //!
 //! - [`engine`]: the shared wasmtime engine (pooling allocator, epochs) and the WASI linker.
 //! - [`host`]: the per-invocation store data and its limits.
+//! - [`sandbox`]: a fresh store and instance per request, and spares built ahead of requests.
 //! - [`function`]: a loaded function and the deploy-time checks on components.
 //! - [`scheduler`]: per-function concurrency and the bounded queue.
 //! - [`registry`]: versions on disk, switched atomically.
@@ -32,6 +33,7 @@ pub mod names;
 pub mod node;
 pub mod registry;
 pub mod router;
+pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod settings;

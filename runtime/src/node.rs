@@ -47,6 +47,9 @@ pub struct NodeOptions {
     pub idle_unload: Option<std::time::Duration>,
     /// GPU invocations (of functions importing `flint:gpu`) running at once, node-wide.
     pub max_gpu_concurrency: u32,
+    /// Which functions get fresh instances built ahead of their requests, and how many; see
+    /// [`crate::sandbox`].
+    pub spares: crate::sandbox::SparePolicy,
 }
 
 /// Default node-wide limit on GPU invocations running at once.
@@ -94,6 +97,8 @@ pub struct Node {
     /// What each function with a GPU budget spent of it, by function name.
     gpu_spend: dashmap::DashMap<String, Arc<GpuSpend>>,
     utilization: crate::gpu::utilization::Sampler,
+    /// The node-wide cap on spare sandboxes.
+    spare_budget: Arc<crate::sandbox::SpareBudget>,
     _epoch: EpochTicker,
 }
 
@@ -150,6 +155,10 @@ pub struct FunctionInfo {
     pub running: usize,
     /// Requests waiting now.
     pub queued: usize,
+    /// Fresh instances built ahead of its next requests, ready now.
+    pub spare_sandboxes: usize,
+    /// Requests of this version that started on a spare sandbox.
+    pub spare_sandboxes_used: u64,
 }
 
 /// What a deploy reports.
@@ -185,6 +194,7 @@ impl Node {
             holdings: Default::default(),
             gpu_spend: Default::default(),
             utilization: crate::gpu::utilization::Sampler::new(pool.devices().len()),
+            spare_budget: crate::sandbox::SpareBudget::for_instances(options.engine.max_instances),
             pool,
             models,
             metering,
@@ -211,6 +221,11 @@ impl Node {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The node-wide cap on spare sandboxes.
+    pub fn spare_budget(&self) -> &Arc<crate::sandbox::SpareBudget> {
+        &self.spare_budget
     }
 
     /// The linker every function is instantiated against.
@@ -566,6 +581,8 @@ impl Node {
             deployed_at: manifest.deployed_at.clone(),
             running: function.scheduler.running(),
             queued: function.scheduler.queued(),
+            spare_sandboxes: function.spares.ready_count(),
+            spare_sandboxes_used: function.spares.used(),
         })
     }
 

@@ -339,6 +339,11 @@ fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
         true,
         "--keep-warm functions stay loaded"
     );
+    assert_eq!(
+        node.function("hello")["spare_sandboxes"],
+        0,
+        "unloading drops the function's spare sandboxes"
+    );
 
     // The next request reloads it from the precompiled artifact and still answers correctly.
     let reply = node.get("/fn/hello/?name=again");

@@ -2,7 +2,7 @@
 //! limits and outbound policy — and the node keeps serving everyone else.
 
 use crate::support::{Node, guests};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[test]
 fn foreign_component_runs_unchanged() {
@@ -33,6 +33,54 @@ fn env_vars_reach_the_guest() {
         404,
         "the host's env does not leak"
     );
+}
+
+/// Waits until `name` has `count` spare sandboxes ready.
+fn wait_for_spares(node: &Node, name: &str, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.function(name)["spare_sandboxes"] != count {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never had {count} spares: {}",
+            node.function(name)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn spare_sandboxes_are_fresh_and_serve_one_request_each() {
+    // This guest instantiates in microseconds; by default only slower ones get spares.
+    let node = Node::start_with(&["--spare-after", "0s"]);
+    node.deploy(&guests().misbehave, "spare", &[]);
+    assert_eq!(
+        node.function("spare")["spare_sandboxes"],
+        0,
+        "none before a request"
+    );
+    let mut ids = std::collections::HashSet::new();
+    for round in 0..6 {
+        let reply = node.get("/fn/spare/count");
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let header = reply.header("x-flint-invocation-id").unwrap().to_string();
+        // Every request gets an instance that has handled nothing before, spare or not, and
+        // the id its guest sees is the one the response carries.
+        assert_eq!(reply.body, format!("1 {header}"), "round {round}");
+        assert!(ids.insert(header), "invocation ids are unique");
+        // After a request, the node has built spares for the next ones.
+        wait_for_spares(&node, "spare", 2);
+    }
+    assert_eq!(
+        node.function("spare")["spare_sandboxes_used"],
+        5,
+        "every request after the first started on a spare"
+    );
+
+    let off = Node::start_with(&["--spare-sandboxes", "0", "--spare-after", "0s"]);
+    off.deploy(&guests().misbehave, "spare", &[]);
+    assert_eq!(off.get("/fn/spare/count").body.split(' ').next(), Some("1"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(off.function("spare")["spare_sandboxes"], 0);
 }
 
 #[test]

@@ -52,6 +52,15 @@ pub struct ServeArgs {
     /// more wait in their function's queue, then get 503.
     #[arg(long, default_value_t = crate::node::DEFAULT_MAX_GPU_CONCURRENCY, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_gpu_concurrency: u32,
+    /// Fresh instances of each recently invoked function built ahead of its requests, so a
+    /// request need not wait for instantiation (each still serves exactly one request); 0
+    /// turns this off.
+    #[arg(long, default_value_t = 2)]
+    pub spare_sandboxes: usize,
+    /// Build spare instances only for functions whose instantiation takes at least this long
+    /// (handing one over costs more than instantiating a small component in place).
+    #[arg(long, default_value = "250us", value_parser = parse_duration)]
+    pub spare_after: Duration,
     /// How long in-flight requests may finish after SIGTERM/ctrl-c.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
@@ -92,6 +101,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             usage_log_rotate_bytes: parse_size(&args.usage_log_size)?,
             idle_unload: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
             max_gpu_concurrency: args.max_gpu_concurrency,
+            spares: crate::sandbox::SparePolicy {
+                per_function: args.spare_sandboxes,
+                after: args.spare_after,
+            },
             batching: flint_gpu::model::batcher::BatchOptions {
                 window: args.batch_window,
                 enabled: !args.no_batching,

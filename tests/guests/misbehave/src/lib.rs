@@ -11,6 +11,8 @@
 //! - `bomb`: allocates memory until it cannot (the memory cap).
 //! - `noresponse`: returns without sending a response.
 //! - `outbound?url=U`: tries an outgoing HTTP GET of U and reports the outcome.
+//! - `count`: how many requests this instance has handled, this one included (always 1 in a
+//!   fresh sandbox), and its `FLINT_INVOCATION_ID`, as `N ID`.
 
 use wasi::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingRequest, OutgoingResponse,
@@ -18,6 +20,9 @@ use wasi::http::types::{
 };
 
 struct Guest;
+
+/// Requests this instance has handled.
+static HANDLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 wasi::http::proxy::export!(Guest);
 
@@ -72,7 +77,12 @@ impl wasi::exports::http::incoming_handler::Guest for Guest {
         let full = request.path_with_query().unwrap_or_default();
         let (path, query) = full.split_once('?').unwrap_or((&full, ""));
         let action = path.rsplit('/').next().unwrap_or_default();
+        let handled = HANDLED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         match action {
+            "count" => {
+                let id = std::env::var("FLINT_INVOCATION_ID").unwrap_or_default();
+                respond(out, 200, format!("{handled} {id}").as_bytes());
+            }
             "echo" => {
                 let method = match request.method() {
                     Method::Get => "GET".to_string(),
