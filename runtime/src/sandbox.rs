@@ -33,7 +33,7 @@ const DEFAULT_HOSTCALL_FUEL: u64 = 128 << 20;
 
 /// The bytes one guest-to-host call may pass: everything a guest with `memory_bytes` of
 /// linear memory can hold, and never less than wasmtime's default.
-pub fn hostcall_fuel(memory_bytes: u64) -> usize {
+fn hostcall_fuel(memory_bytes: u64) -> usize {
     usize::try_from(memory_bytes.max(DEFAULT_HOSTCALL_FUEL)).unwrap_or(usize::MAX)
 }
 

@@ -2,7 +2,7 @@
 //! limits and outbound policy — and the node keeps serving everyone else.
 
 use crate::support::{Node, guests};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[test]
 fn foreign_component_runs_unchanged() {
@@ -37,15 +37,12 @@ fn env_vars_reach_the_guest() {
 
 /// Waits until `name` has `count` spare sandboxes ready.
 fn wait_for_spares(node: &Node, name: &str, count: u64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node.function(name)["spare_sandboxes"] != count {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never had {count} spares: {}",
-            node.function(name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    node.wait_for_function(
+        name,
+        &format!("{count} spares"),
+        Duration::from_secs(20),
+        |f| f["spare_sandboxes"] == count,
+    );
 }
 
 #[test]

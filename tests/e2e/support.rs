@@ -310,20 +310,37 @@ impl Node {
         reply.json()
     }
 
-    /// Waits until `name` has `running` invocations running and `queued` waiting.
-    pub fn wait_for_load(&self, name: &str, running: u64, queued: u64) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// Waits up to `limit` until `ready` holds for `name` as `GET /v1/functions/NAME`
+    /// describes it; `what` names the awaited state in the failure message.
+    pub fn wait_for_function(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
         loop {
             let f = self.function(name);
-            if f["running"] == running && f["queued"] == queued {
+            if ready(&f) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "load never reached {running}/{queued}: {f}"
+                "{name} never reached {what}: {f}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits until `name` has `running` invocations running and `queued` waiting.
+    pub fn wait_for_load(&self, name: &str, running: u64, queued: u64) {
+        self.wait_for_function(
+            name,
+            &format!("load {running}/{queued}"),
+            Duration::from_secs(30),
+            |f| f["running"] == running && f["queued"] == queued,
+        );
     }
 
     /// GPU bytes in use on the node (all devices).
