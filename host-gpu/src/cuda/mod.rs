@@ -10,7 +10,10 @@ mod context;
 mod timing;
 
 pub(crate) use builtins::compile_module;
-pub use builtins::{SOURCE as BUILTINS_SOURCE, compile_ptx};
+pub use builtins::{
+    BLOCK, Broadcast, MAX_BLOCKS, SOURCE as BUILTINS_SOURCE, compile_ptx, grid_stride_launch,
+    softmax_launch,
+};
 pub(crate) use context::{ContextBlas, DeviceContext};
 
 use crate::error::{ErrorKind, GpuError, GpuResult};
@@ -19,8 +22,8 @@ use crate::pool::KernelArg;
 use crate::tensor::Storage;
 use cudarc::cublas::{Gemm, GemmConfig, sys::cublasOperation_t};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, DriverError,
-    LaunchConfig, PushKernelArg, sys::cudaError_enum,
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
+    PushKernelArg, sys::cudaError_enum,
 };
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -30,9 +33,6 @@ use timing::StreamTimer;
 /// Fraction of a device's memory that tensors may use (the rest is for contexts, cuBLAS
 /// workspaces and resident models).
 const USABLE_FRACTION: f64 = 0.9;
-
-/// Threads per block of the built-in kernels.
-const BLOCK: u32 = 256;
 
 /// One CUDA device: its memory budget and the context new work goes to (with its streams and
 /// caches), which is replaced when a fault poisons it.
@@ -342,28 +342,6 @@ impl Drop for StreamLease {
     }
 }
 
-fn grid_for(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 65_535) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
-    }
-}
-
-/// Broadcast geometry passed by value to the binary kernel.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Broadcast {
-    rank: i64,
-    dims: [i64; 8],
-    strides_a: [i64; 8],
-    strides_b: [i64; 8],
-}
-
-// SAFETY: a plain `#[repr(C)]` struct of integers, matching `struct Broadcast` in the kernels.
-unsafe impl DeviceRepr for Broadcast {}
-
 impl StreamLease {
     fn stream(&self) -> &Arc<CudaStream> {
         &self.slot.as_ref().expect("leased").stream
@@ -494,19 +472,7 @@ impl StreamLease {
             if n == 0 {
                 return Ok(out);
             }
-            let mut geometry = Broadcast {
-                rank: out_shape.len() as i64,
-                dims: [1; 8],
-                strides_a: [0; 8],
-                strides_b: [0; 8],
-            };
-            let sa = crate::shape::broadcast_strides(a_shape, out_shape);
-            let sb = crate::shape::broadcast_strides(b_shape, out_shape);
-            for (i, d) in out_shape.iter().enumerate() {
-                geometry.dims[i] = *d as i64;
-                geometry.strides_a[i] = sa[i] as i64;
-                geometry.strides_b[i] = sb[i] as i64;
-            }
+            let geometry = Broadcast::new(a_shape, b_shape, out_shape);
             let builtins = self.context.builtins(&self.device.arch)?;
             let count = n as i64;
             let code: i32 = match op {
@@ -524,7 +490,7 @@ impl StreamLease {
             // SAFETY: the kernel's signature matches these arguments; sizes were checked.
             self.check(
                 "launching `binary`",
-                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+                unsafe { launch.launch(grid_stride_launch(n)) }.map(|_| ()),
             )?;
             Ok(out)
         })
@@ -559,7 +525,7 @@ impl StreamLease {
             // SAFETY: matches the kernel's signature.
             self.check(
                 "launching `unary`",
-                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+                unsafe { launch.launch(grid_stride_launch(n)) }.map(|_| ()),
             )?;
             Ok(out)
         })
@@ -576,15 +542,10 @@ impl StreamLease {
             let (r, c) = (rows as i64, cols as i64);
             let mut launch = self.stream().launch_builder(&builtins.softmax);
             launch.arg(&a.slice).arg(&out.slice).arg(&r).arg(&c);
-            let config = LaunchConfig {
-                grid_dim: (rows.min(i32::MAX as usize) as u32, 1, 1),
-                block_dim: (BLOCK, 1, 1),
-                shared_mem_bytes: BLOCK * 4,
-            };
-            // SAFETY: matches the kernel's signature; one block per row.
+            // SAFETY: matches the kernel's signature; blocks stride over the rows.
             self.check(
                 "launching `softmax`",
-                unsafe { launch.launch(config) }.map(|_| ()),
+                unsafe { launch.launch(softmax_launch(rows)) }.map(|_| ()),
             )?;
             Ok(out)
         })
@@ -618,7 +579,7 @@ impl StreamLease {
             // SAFETY: matches the kernel's signature.
             self.check(
                 "launching `reduce`",
-                unsafe { launch.launch(grid_for(count)) }.map(|_| ()),
+                unsafe { launch.launch(grid_stride_launch(count)) }.map(|_| ()),
             )?;
             Ok(out)
         })
@@ -645,7 +606,7 @@ impl StreamLease {
             // SAFETY: matches the kernel's signature.
             self.check(
                 "launching `transpose`",
-                unsafe { launch.launch(grid_for(n)) }.map(|_| ()),
+                unsafe { launch.launch(grid_stride_launch(n)) }.map(|_| ()),
             )?;
             Ok(out)
         })

@@ -3,70 +3,11 @@
 // a GPU. Driven by `host-gpu/tests/cuda_emulation.rs`, which includes the kernel source with its
 // dynamic shared memory declarations rewritten (`encoder_emulated.inc`).
 //
-// The emulation: every CUDA thread of a block is a std::thread, blocks run one after another (so
-// `__shared__` arrays can be function statics), `__syncthreads` is a barrier over the block and
-// `__shfl_xor_sync` exchanges values through memory between two barriers (the kernels call it
-// with the whole block, as `block_sum` does). Exits 1 if a kernel is off by more than 1e-5.
-#include <algorithm>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
-#include <functional>
+// The emulation is `emulator.h`'s. Exits 1 if a kernel is off by more than 1e-5.
 #include <random>
-#include <thread>
-#include <vector>
-struct dim3 {
-    unsigned x = 1, y = 1, z = 1;
-};
-thread_local dim3 threadIdx, blockIdx;
-dim3 blockDim, gridDim;
-static std::barrier<>* g_barrier;
-static float g_dynamic_shared[1 << 16];
-static float g_shfl[1024];
-#define __global__
-#define __device__
-#define __shared__ static
-inline void __syncthreads() { g_barrier->arrive_and_wait(); }
-inline float __shfl_xor_sync(unsigned, float v, int offset) {
-    int t = threadIdx.x;
-    g_shfl[t] = v;
-    __syncthreads();
-    float r = g_shfl[(t & ~31) | ((t & 31) ^ offset)];
-    __syncthreads();
-    return r;
-}
-inline float __int_as_float(unsigned bits) {
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
-using std::max;
-using std::min;
+#include "emulator.h"
 #define HEAD_DIM 32
 #include "encoder_emulated.inc"
-
-void launch(dim3 grid, dim3 block, std::function<void()> kernel) {
-    gridDim = grid;
-    blockDim = block;
-    unsigned threads = block.x * block.y * block.z;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                std::barrier<> bar(threads);
-                g_barrier = &bar;
-                std::vector<std::thread> ts;
-                for (unsigned t = 0; t < threads; ++t)
-                    ts.emplace_back([=] {
-                        blockIdx = {x, y, z};
-                        threadIdx = {t, 0, 0};
-                        kernel();
-                    });
-                for (auto& t : ts) t.join();
-            }
-}
 
 std::mt19937 rng(7);
 std::vector<float> rnd(size_t n) {
