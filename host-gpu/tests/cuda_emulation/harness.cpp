@@ -39,6 +39,9 @@ void ref_layernorm(const float* v, const float* g, const float* b, float* out, i
 int main() {
     const int hidden = 384, heads = 12, inter = 1536;
     const float eps = 1e-12f;
+    // The launch geometry of `cuda_encoder.rs`: rows of 128 threads with (width + 32) floats of
+    // dynamic shared memory, attention tiles of 64 queries, pooling with 32 floats.
+    const size_t row_shared = (hidden + 32) * 4;
     std::vector<int> lengths = {1, 5, 64, 65, 130, 3};
     std::vector<int> starts;
     int total = 0;
@@ -61,7 +64,7 @@ int main() {
     launch({(unsigned)total}, {128}, [&] {
         flint_embed(ids.data(), positions.data(), word.data(), pos.data(), type.data(),
                     gamma.data(), beta.data(), out.data(), hidden, eps);
-    });
+    }, row_shared);
     for (int r = 0; r < total; ++r) {
         std::vector<float> v(hidden);
         for (int j = 0; j < hidden; ++j)
@@ -75,7 +78,7 @@ int main() {
     launch({(unsigned)total}, {128}, [&] {
         flint_residual_norm(x.data(), y.data(), bias.data(), gamma.data(), beta.data(), hidden,
                             eps);
-    });
+    }, row_shared);
     for (int r = 0; r < total; ++r) {
         std::vector<float> v(hidden);
         for (int j = 0; j < hidden; ++j) v[j] = x0[r * hidden + j] + y[r * hidden + j] + bias[j];
@@ -85,7 +88,7 @@ int main() {
     // bias + gelu
     auto z = rnd(total * inter), zb = rnd(inter);
     auto z0 = z;
-    launch({7}, {256}, [&] { flint_bias_activation(z.data(), zb.data(), total, inter, 1); });
+    launch({7}, {256}, [&] { flint_bias_activation(z.data(), zb.data(), total, inter, 1); }, 0);
     std::vector<float> zw(total * inter);
     for (long i = 0; i < (long)total * inter; ++i) {
         double v = z0[i] + zb[i % inter];
@@ -99,7 +102,7 @@ int main() {
     int longest = *std::max_element(lengths.begin(), lengths.end());
     launch({(unsigned)((longest + 63) / 64), (unsigned)heads, (unsigned)S}, {64}, [&] {
         flint_attention(qkv.data(), starts.data(), lengths.data(), ctx.data(), hidden, scale);
-    });
+    }, 0);
     for (int s = 0; s < S; ++s)
         for (int h = 0; h < heads; ++h)
             for (int i = 0; i < lengths[s]; ++i) {
@@ -132,7 +135,7 @@ int main() {
     std::vector<float> pooled(S * hidden), pw(S * hidden);
     launch({(unsigned)S}, {128}, [&] {
         flint_mean_pool(x.data(), starts.data(), lengths.data(), pooled.data(), hidden, 1);
-    });
+    }, 32 * 4);
     for (int s = 0; s < S; ++s) {
         std::vector<double> m(hidden, 0);
         double q = 0;
