@@ -142,6 +142,24 @@ impl BuiltinKernels {
         );
         std::fs::read(out).unwrap()
     }
+
+    /// Runs grid-stride `kernel` twice over as many items as `want` has, with the backend's
+    /// launch and with [`two_blocks`], and checks both f32 outputs against `want` (see
+    /// [`assert_agrees`]).
+    fn check_grid_stride(
+        &mut self,
+        what: &str,
+        kernel: &str,
+        inputs: &[&[u8]],
+        params: &[String],
+        want: &[f32],
+        relative: f32,
+    ) {
+        for geometry in [grid_stride(want.len()), two_blocks(want.len())] {
+            let got = self.run(kernel, geometry, want.len() * 4, inputs, params);
+            assert_agrees(&format!("{what} {geometry:?}"), &f32s(&got), want, relative);
+        }
+    }
 }
 
 /// The backend's launch of a grid-stride kernel over `n` items.
@@ -236,15 +254,8 @@ fn builtin_kernels_match_the_cpu_backend_under_emulation() {
                 params.extend(list.iter().map(|v| v.to_string()));
             }
             let inputs = [&f32_bytes(&a)[..], &f32_bytes(&b)[..]];
-            for geometry in [grid_stride(n), two_blocks(n)] {
-                let got = kernels.run("binary", geometry, n * 4, &inputs, &params);
-                assert_agrees(
-                    &format!("{op} {sa:?} {sb:?} {geometry:?}"),
-                    &f32s(&got),
-                    &want,
-                    0.0,
-                );
-            }
+            let what = format!("{op} {sa:?} {sb:?}");
+            kernels.check_grid_stride(&what, "binary", &inputs, &params, &want, 0.0);
         }
     }
 
@@ -261,15 +272,9 @@ fn builtin_kernels_match_the_cpu_backend_under_emulation() {
             };
             let want = session.download_f32(&want.unwrap()).unwrap();
             let params = [n.to_string(), code.to_string(), format!("{factor:?}")];
-            for geometry in [grid_stride(n), two_blocks(n)] {
-                let got = kernels.run("unary", geometry, n * 4, &[&f32_bytes(&a)], &params);
-                assert_agrees(
-                    &format!("{name} n={n} {geometry:?}"),
-                    &f32s(&got),
-                    &want,
-                    relative,
-                );
-            }
+            let inputs = [&f32_bytes(&a)[..]];
+            let what = format!("{name} n={n}");
+            kernels.check_grid_stride(&what, "unary", &inputs, &params, &want, relative);
         }
     }
 
@@ -332,16 +337,9 @@ fn builtin_kernels_match_the_cpu_backend_under_emulation() {
                 inner.to_string(),
                 format!("{divisor:?}"),
             ];
-            let count = outer * inner;
-            for geometry in [grid_stride(count), two_blocks(count)] {
-                let got = kernels.run("reduce", geometry, count * 4, &[&f32_bytes(&a)], &params);
-                assert_agrees(
-                    &format!("reduce mean={mean} axis={axis:?} {geometry:?}"),
-                    &f32s(&got),
-                    &want,
-                    1e-6,
-                );
-            }
+            let inputs = [&f32_bytes(&a)[..]];
+            let what = format!("reduce mean={mean} axis={axis:?}");
+            kernels.check_grid_stride(&what, "reduce", &inputs, &params, &want, 1e-6);
         }
     }
 
