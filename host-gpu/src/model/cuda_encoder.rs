@@ -26,8 +26,6 @@ pub const SOURCE: &str = include_str!("encoder.cu");
 const ATTENTION_TILE: u32 = 64;
 /// Threads per block of the row kernels (LayerNorm, pooling).
 const ROW_THREADS: u32 = 128;
-/// Threads per block of the element-wise kernel.
-const ELEMENT_THREADS: u32 = 256;
 
 /// The encoder's source with its head width defined, as compiled for a model.
 pub fn source_for_head_dim(head_dim: usize) -> String {
@@ -411,15 +409,8 @@ impl CudaEncoder {
         linear(&self.blas, layer, x, rows, y)?;
         let (count, cols, gelu) = (rows as i64, layer.outputs as i32, gelu as i32);
         let n = rows * layer.outputs;
-        let config = LaunchConfig {
-            grid_dim: (
-                n.div_ceil(ELEMENT_THREADS as usize).clamp(1, 65_535) as u32,
-                1,
-                1,
-            ),
-            block_dim: (ELEMENT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        // A grid-stride kernel, launched like the built-in element-wise ops.
+        let config = crate::cuda::grid_stride_launch(n);
         let mut launch = self.stream.launch_builder(&self.kernels.bias_activation);
         launch
             .arg(y)
