@@ -10,6 +10,7 @@
 
 mod common;
 
+use cudarc::driver::LaunchConfig;
 use flint_gpu::cuda::{BUILTINS_SOURCE, Broadcast, grid_stride_launch, softmax_launch};
 use flint_gpu::{DType, Pool, Session, UnaryOp};
 use rand::Rng;
@@ -162,14 +163,18 @@ impl BuiltinKernels {
     }
 }
 
-/// The backend's launch of a grid-stride kernel over `n` items.
-fn grid_stride(n: usize) -> Geometry {
-    let config = grid_stride_launch(n);
+/// What the emulator needs of a backend launch (Flint's kernels use one-dimensional ones).
+fn geometry(config: LaunchConfig) -> Geometry {
     (
         config.grid_dim.0,
         config.block_dim.0,
         config.shared_mem_bytes,
     )
+}
+
+/// The backend's launch of a grid-stride kernel over `n` items.
+fn grid_stride(n: usize) -> Geometry {
+    geometry(grid_stride_launch(n))
 }
 
 /// The same launch with only two blocks, as when there are more items than
@@ -289,12 +294,7 @@ fn builtin_kernels_match_the_cpu_backend_under_emulation() {
         let want = session
             .download_f32(&session.softmax(&ta).unwrap())
             .unwrap();
-        let config = softmax_launch(rows);
-        let launched = (
-            config.grid_dim.0,
-            config.block_dim.0,
-            config.shared_mem_bytes,
-        );
+        let launched = geometry(softmax_launch(rows));
         assert_eq!(launched.0 as usize, rows, "one block per row");
         let params = [rows.to_string(), cols.to_string()];
         for geometry in [launched, (2, launched.1, launched.2)] {
