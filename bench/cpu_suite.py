@@ -37,6 +37,7 @@ TOOLS = os.path.join(ROOT, "target", "bench-tools")
 # FLINT_BIN_DIR / FLINT_GUESTS_DIR point elsewhere (the GPU kit of scripts/bench-gpu.sh).
 BIN_DIR = os.environ.get("FLINT_BIN_DIR", os.path.join(ROOT, "target", "release"))
 FNCTL = os.path.join(BIN_DIR, "fnctl")
+LOAD = os.path.join(BIN_DIR, "flint-load")
 GUESTS = os.environ.get("FLINT_GUESTS_DIR", os.path.join(ROOT, "target", "wasm-guests", "wasm32-wasip2", "release"))
 MODEL_DIR = os.environ.get("FLINT_MINILM_DIR", os.path.join(ROOT, "target", "models", "all-MiniLM-L6-v2"))
 WASMTIME = os.path.join(TOOLS, "bin", "wasmtime")
@@ -247,56 +248,107 @@ def timed_get(conn, path, body=None):
     return elapsed
 
 
+class Probe:
+    """A native client (`flint-load --probe`) on one keep-alive connection: `get(path)` sends
+    one request when the script says so and returns its latency in ms. After the machine sat
+    idle, Python's own http.client adds a few tenths of a millisecond of its own (its code
+    comes back into cold caches too), which is not the server's to answer for."""
+
+    def __init__(self, base_url, body=None):
+        args = [LOAD, base_url, "--probe"]
+        self.body_file = None
+        if body is not None:
+            self.body_file = tempfile.NamedTemporaryFile(prefix="flint-probe-", suffix=".json")
+            self.body_file.write(body)
+            self.body_file.flush()
+            args += ["--body-file", self.body_file.name]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+
+    def get(self, path):
+        self.proc.stdin.write(path + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline().split()
+        if len(line) != 2:
+            raise RuntimeError(f"flint-load --probe ended: {path}")
+        if line[1] != "200":
+            raise RuntimeError(f"{path}: {line[1]}")
+        return float(line[0])
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        if self.body_file:
+            self.body_file.close()
+
+
+IDLE_SECONDS = 1.2
+
+
 def bench_cold(args):
-    """First request after scale to zero vs a warm one. Besides back-to-back warm requests, the
-    cold one is compared with a `--keep-warm` copy of the function requested after the same
-    idle time, so what the system loses by sitting idle (parked threads, cold caches) is not
-    charged to unloading."""
+    """First request after scale to zero vs a warm one, timed by a native client. Every idle
+    figure is a request after the same 1.2 s of idleness: to the unloaded function, to a
+    `--keep-warm` copy of it (so what the machine loses by sitting idle, such as cold caches
+    and parked threads, is not charged to unloading) and, for `hello`, to `wasmtime serve` of
+    the same component (the peer, which never unloads)."""
     node = FlintNode("--idle-unload", "1s")
+    peer = WasmtimeServe(os.path.join(GUESTS, "hello.wasm"))
     try:
         node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
         node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello-warm", "keep_warm=true")
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed-warm", "keep_warm=true")
         node.add_model("minilm", MODEL_DIR)
-        host, port = node.public.split(":")
         embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
         out = {}
         for name, body in (("hello", None), ("embed", embed_body)):
-            path = f"/fn/{name}/"
-            conn = http.client.HTTPConnection(host, int(port))
-            warm_conn = http.client.HTTPConnection(host, int(port))
-            warm = []
-            for _ in range(5):
-                timed_get(conn, path, body)
-                timed_get(warm_conn, f"/fn/{name}-warm/", body)
-            for _ in range(args.cold_runs * 5):
-                warm.append(timed_get(conn, path, body))
-            cold, idle_warm = [], []
-            for _ in range(args.cold_runs):
-                deadline = time.time() + 30
-                while node.admin_call("GET", f"/v1/functions/{name}")["loaded"]:
-                    if time.time() > deadline:
-                        raise RuntimeError("never unloaded")
-                    time.sleep(0.1)
-                cold.append(timed_get(conn, path, body))
-                # The same idle time for the kept-warm copy, then one request to it.
-                time.sleep(1.2)
-                idle_warm.append(timed_get(warm_conn, f"/fn/{name}-warm/", body))
-            conn.close()
-            warm_conn.close()
-            out[name] = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
-                         "cold_minus_warm_ms": statistics.median(cold) - statistics.median(warm),
-                         "cold_p99_ms": max(cold), "runs": len(cold)}
-            out[name]["idle_warm_ms"] = statistics.median(idle_warm)
-            out[name]["cold_minus_idle_warm_ms"] = statistics.median(cold) - statistics.median(idle_warm)
-            log(f"  {name}: warm {out[name]['warm_ms']:.3f} ms, cold {out[name]['cold_ms']:.3f} ms, "
-                f"kept warm after the same idle time {out[name]['idle_warm_ms']:.3f} ms")
+            path, warm_path = f"/fn/{name}/", f"/fn/{name}-warm/"
+            client = Probe(f"http://{node.public}/", body)
+            warm_client = Probe(f"http://{node.public}/", body)
+            peer_client = Probe(peer.url("/")) if name == "hello" else None
+            try:
+                for _ in range(5):
+                    client.get(path)
+                    warm_client.get(warm_path)
+                    if peer_client:
+                        peer_client.get("/")
+                warm = [client.get(path) for _ in range(args.cold_runs * 5)]
+                peer_warm = [peer_client.get("/") for _ in range(args.cold_runs * 5)] if peer_client else []
+                cold, idle_warm, idle_peer = [], [], []
+                for _ in range(args.cold_runs):
+                    deadline = time.time() + 30
+                    while node.admin_call("GET", f"/v1/functions/{name}")["loaded"]:
+                        if time.time() > deadline:
+                            raise RuntimeError("never unloaded")
+                        time.sleep(0.1)
+                    time.sleep(IDLE_SECONDS)
+                    cold.append(client.get(path))
+                    time.sleep(IDLE_SECONDS)
+                    idle_warm.append(warm_client.get(warm_path))
+                    if peer_client:
+                        time.sleep(IDLE_SECONDS)
+                        idle_peer.append(peer_client.get("/"))
+            finally:
+                for c in (client, warm_client, peer_client):
+                    if c:
+                        c.close()
+            r = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
+                 "cold_p99_ms": max(cold), "runs": len(cold), "idle_seconds": IDLE_SECONDS,
+                 "idle_warm_ms": statistics.median(idle_warm)}
+            r["cold_minus_warm_ms"] = r["cold_ms"] - r["warm_ms"]
+            r["cold_minus_idle_warm_ms"] = r["cold_ms"] - r["idle_warm_ms"]
+            if idle_peer:
+                r["wasmtime_serve_warm_ms"] = statistics.median(peer_warm)
+                r["wasmtime_serve_idle_ms"] = statistics.median(idle_peer)
+            out[name] = r
+            log(f"  {name}: warm {r['warm_ms']:.3f} ms; after {IDLE_SECONDS} s idle: cold {r['cold_ms']:.3f} ms, "
+                f"kept warm {r['idle_warm_ms']:.3f} ms"
+                + (f", wasmtime serve {r['wasmtime_serve_idle_ms']:.3f} ms" if idle_peer else ""))
         stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
         out["hello"]["cold_starts_counted"] = stats["cold_starts"]
         # Deploy to first answer: upload + validate + compile + first request.
         deploys = []
         hello_wasm = os.path.join(GUESTS, "hello.wasm")
+        host, port = node.public.split(":")
         conn = http.client.HTTPConnection(host, int(port))
         for i in range(args.cold_runs):
             started = time.perf_counter()
@@ -309,6 +361,7 @@ def bench_cold(args):
         return out
     finally:
         node.close()
+        peer.close()
 
 
 def bench_density(args):
@@ -527,6 +580,10 @@ def print_table(results):
                 rows.append((f"{name}: ... vs kept warm, same idle time", f"{r['cold_ms']:.3f} ms",
                              f"kept warm {r['idle_warm_ms']:.3f} ms", f"{r['cold_minus_idle_warm_ms']:+.3f} ms",
                              "<= 1 ms"))
+            if "wasmtime_serve_idle_ms" in r:
+                rows.append((f"{name}: ... vs wasmtime serve, same idle time", f"{r['cold_ms']:.3f} ms",
+                             f"wasmtime serve {r['wasmtime_serve_idle_ms']:.3f} ms",
+                             f"{r['cold_ms'] / r['wasmtime_serve_idle_ms']:.2f}x", ""))
         rows.append(("deploy to first answer (hello)", f"{c['deploy_to_first_answer_ms']:.1f} ms", "", "", ""))
     d = results.get("density")
     if d:

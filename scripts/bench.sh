@@ -16,7 +16,7 @@ TOOLS=$ROOT/target/bench-tools
 ./scripts/install-model.sh
 
 echo "== building Flint (release) and the guests" >&2
-cargo build --release --locked -p flint-runtime --bin fnctl
+cargo build --release --locked -p flint-runtime --bin fnctl --bin flint-load
 cargo bench --locked -p flint-runtime --bench sandbox --no-run
 CARGO_TARGET_DIR=$ROOT/target/wasm-guests cargo build --release --locked --target wasm32-wasip2 \
     --workspace --manifest-path examples/Cargo.toml

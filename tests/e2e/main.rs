@@ -6,6 +6,7 @@ mod deploy;
 mod gpu;
 mod gpu_limits;
 mod lifecycle;
+mod load_tool;
 mod models;
 mod operations;
 mod serving;

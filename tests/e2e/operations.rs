@@ -358,20 +358,34 @@ fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
     let stats: Value =
         serde_json::from_str(&node.fnctl(&["stats", "hello", "--json"]).stdout).unwrap();
     assert_eq!(stats["functions"]["hello"]["cold_starts"], 1);
-    assert!(
-        node.log().contains("reloaded after being idle"),
-        "{}",
-        node.log()
-    );
+    // A small artifact is reloaded on the request's own worker thread.
+    let reloaded = |log: &str| {
+        log.lines()
+            .find(|line| line.contains("reloaded after being idle"))
+            .map(str::to_string)
+    };
+    let line = reloaded(&node.log()).unwrap_or_else(|| panic!("{}", node.log()));
+    assert!(line.contains(r#"on="worker""#), "{line}");
 
     // After a restart, functions start scaled to zero (their artifacts were checked, their code
-    // is not in memory) except --keep-warm ones; the first request loads them.
+    // is not in memory) except --keep-warm ones; the first request loads them. This artifact
+    // is grown past the inline limit first (wasmtime ignores bytes after its ELF image), so
+    // this reload goes to the blocking pool.
     let mut node = node;
     assert!(node.terminate().success());
+    let artifact = node.data.join("functions/hello/versions/1/component.cwasm");
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    bytes.resize(
+        flint_runtime::function::INLINE_RELOAD_MAX_BYTES as usize + 1,
+        0,
+    );
+    std::fs::write(&artifact, bytes).unwrap();
     let restarted = Node::start_in(&node.data.clone(), &["--idle-unload", "300ms"]);
     assert_eq!(restarted.function("hello")["loaded"], false);
     assert_eq!(restarted.function("warm")["loaded"], true);
     let reply = restarted.get("/fn/hello/?name=after");
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["message"], "Hello, after!");
+    let line = reloaded(&restarted.log()).unwrap_or_else(|| panic!("{}", restarted.log()));
+    assert!(line.contains(r#"on="blocking pool""#), "{line}");
 }

@@ -4,6 +4,13 @@
 //! second, and latency percentiles in milliseconds.
 //!
 //! `flint-load URL [--connections C] [--seconds S] [--body-file F] [--content-type T]`
+//!
+//! With `--probe` it times single requests instead, for cold-start measurements where the
+//! benchmark script decides when each request goes out: one keep-alive connection to the URL's
+//! host, and for every line read from standard input (a path such as `/fn/hello/`), one request
+//! to that path and one line printed with its latency in milliseconds and its status. A native
+//! client keeps the figure free of the script's own latency, which on a machine that sat idle
+//! for a while is a large part of a Python client's.
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
@@ -17,6 +24,7 @@ struct Options {
     seconds: f64,
     body: Option<Bytes>,
     content_type: String,
+    probe: bool,
 }
 
 fn options() -> Result<Options> {
@@ -28,6 +36,7 @@ fn options() -> Result<Options> {
         seconds: 10.0,
         body: None,
         content_type: "application/json".into(),
+        probe: false,
     };
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -43,10 +52,11 @@ fn options() -> Result<Options> {
                 )
             }
             "--content-type" => options.content_type = value()?,
+            "--probe" => options.probe = true,
             other if url.is_none() && !other.starts_with('-') => url = Some(other.to_string()),
             other => bail!(
                 "unknown argument `{other}`; usage: flint-load URL [--connections C] \
-                 [--seconds S] [--body-file F] [--content-type T]"
+                 [--seconds S] [--body-file F] [--content-type T] [--probe]"
             ),
         }
     }
@@ -57,48 +67,108 @@ fn options() -> Result<Options> {
     Ok(options)
 }
 
-/// One connection's loop: (latencies in ms, non-2xx answers).
-async fn connection(options: &Options, until: Instant) -> Result<(Vec<f64>, u64)> {
-    let authority = options
-        .url
-        .authority()
-        .context("the URL has no host")?
-        .clone();
+/// A keep-alive HTTP/1.1 connection to the URL's host, with Nagle off.
+async fn connect(
+    options: &Options,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+    let authority = options.url.authority().context("the URL has no host")?;
     let stream = tokio::net::TcpStream::connect(authority.as_str())
         .await
         .with_context(|| format!("connecting to {authority}"))?;
     stream.set_nodelay(true)?;
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// The request of these options, to `uri`: a POST of the body file, or a GET.
+fn request(options: &Options, uri: http::Uri) -> Result<Request<Full<Bytes>>> {
+    let authority = options.url.authority().context("the URL has no host")?;
+    let builder = Request::builder()
+        .uri(uri)
+        .header(hyper::header::HOST, authority.as_str());
+    Ok(match &options.body {
+        Some(body) => builder
+            .method("POST")
+            .header(hyper::header::CONTENT_TYPE, &options.content_type)
+            .body(Full::new(body.clone()))?,
+        None => builder.method("GET").body(Full::new(Bytes::new()))?,
+    })
+}
+
+/// Sends one request and reads the whole answer: (latency in ms, status).
+async fn timed(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(f64, http::StatusCode)> {
+    let started = Instant::now();
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    Ok((started.elapsed().as_secs_f64() * 1e3, status))
+}
+
+/// One connection's loop: (latencies in ms, non-2xx answers).
+async fn connection(options: &Options, until: Instant) -> Result<(Vec<f64>, u64)> {
+    let mut sender = connect(options).await?;
     let mut latencies = Vec::new();
     let mut failures = 0;
     while Instant::now() < until {
-        let builder = Request::builder()
-            .uri(options.url.clone())
-            .header(hyper::header::HOST, authority.as_str());
-        let request = match &options.body {
-            Some(body) => builder
-                .method("POST")
-                .header(hyper::header::CONTENT_TYPE, &options.content_type)
-                .body(Full::new(body.clone()))?,
-            None => builder.method("GET").body(Full::new(Bytes::new()))?,
-        };
-        let started = Instant::now();
-        let response = sender.send_request(request).await?;
-        let ok = response.status().is_success();
-        response.into_body().collect().await?;
-        latencies.push(started.elapsed().as_secs_f64() * 1e3);
-        if !ok {
+        let (latency, status) = timed(&mut sender, request(options, options.url.clone())?).await?;
+        latencies.push(latency);
+        if !status.is_success() {
             failures += 1;
         }
     }
     Ok((latencies, failures))
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let options = std::sync::Arc::new(options()?);
+/// `--probe`: one request per path read from standard input, each answered with a line
+/// `LATENCY_MS STATUS` on standard output.
+fn probe(options: &Options) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the client's runtime")?;
+    let mut sender = runtime.block_on(connect(options))?;
+    let base = options.url.clone().into_parts();
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading a path from standard input")?;
+        let path = line.trim();
+        if path.is_empty() {
+            continue;
+        }
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = base.scheme.clone();
+        parts.authority = base.authority.clone();
+        parts.path_and_query = Some(
+            path.parse()
+                .with_context(|| format!("`{path}` is not a path"))?,
+        );
+        let uri = http::Uri::from_parts(parts).context("building the request's URI")?;
+        let (latency, status) = runtime.block_on(timed(&mut sender, request(options, uri)?))?;
+        writeln!(out, "{latency:.4} {}", status.as_u16())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    if options.probe {
+        return probe(&options);
+    }
+    tokio::runtime::Runtime::new()
+        .context("starting the client's runtime")?
+        .block_on(load(options))
+}
+
+/// The load mode: `connections` connections for `seconds`, then the JSON report.
+async fn load(options: Options) -> Result<()> {
+    let options = std::sync::Arc::new(options);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(options.seconds);
     let tasks: Vec<_> = (0..options.connections)
