@@ -199,22 +199,23 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     c
 }
 
-/// `x[rows, inputs] · W^T + bias` for a PyTorch-layout weight `W[outputs, inputs]`.
-pub fn linear(x: &[f32], rows: usize, weight: &[f32], bias: &[f32]) -> Vec<f32> {
+/// `x[rows, inputs] · W^T + bias`, given `W^T` (`[inputs, outputs]` row-major: a PyTorch
+/// weight `W[outputs, inputs]` transposed once, at load time, so that no call repacks it).
+pub fn linear(x: &[f32], rows: usize, weight_t: &[f32], bias: &[f32]) -> Vec<f32> {
     let mut y = Vec::new();
-    linear_into(x, rows, weight, bias, &mut y);
+    linear_into(x, rows, weight_t, bias, &mut y);
     y
 }
 
 /// [`linear`] into `y`, reusing its allocation (a forward pass reuses one buffer per step
 /// instead of faulting in fresh pages for every layer).
-pub fn linear_into(x: &[f32], rows: usize, weight: &[f32], bias: &[f32], y: &mut Vec<f32>) {
+pub fn linear_into(x: &[f32], rows: usize, weight_t: &[f32], bias: &[f32], y: &mut Vec<f32>) {
     let outputs = bias.len();
-    let inputs = weight.len().checked_div(outputs).unwrap_or(0);
+    let inputs = weight_t.len().checked_div(outputs).unwrap_or(0);
     assert_eq!(
-        weight.len(),
+        weight_t.len(),
         outputs * inputs,
-        "weight is not [outputs, inputs]"
+        "weight is not [inputs, outputs]"
     );
     assert!(x.len() >= rows * inputs, "input too short");
     y.clear();
@@ -229,7 +230,7 @@ pub fn linear_into(x: &[f32], rows: usize, weight: &[f32], bias: &[f32], y: &mut
             outputs,
             1.0,
             View::rows(x.as_ptr(), inputs),
-            View::transposed(weight.as_ptr(), inputs),
+            View::rows(weight_t.as_ptr(), outputs),
             Destination::rows(y.as_mut_ptr(), outputs),
             true,
         )
@@ -281,16 +282,10 @@ mod tests {
     fn linear_adds_the_bias_to_x_times_w_transposed() {
         let (rows, inputs, outputs) = (37, 150, 260);
         let x = random(rows * inputs);
-        let w = random(outputs * inputs);
+        let w_t = random(inputs * outputs);
         let bias = random(outputs);
-        let mut w_t = vec![0f32; inputs * outputs];
-        for o in 0..outputs {
-            for i in 0..inputs {
-                w_t[i * outputs + o] = w[o * inputs + i];
-            }
-        }
         let want = reference(&x, &w_t, rows, inputs, outputs);
-        let got = linear(&x, rows, &w, &bias);
+        let got = linear(&x, rows, &w_t, &bias);
         for r in 0..rows {
             for o in 0..outputs {
                 let (g, w) = (got[r * outputs + o], want[r * outputs + o] + bias[o]);

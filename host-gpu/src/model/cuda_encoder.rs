@@ -94,7 +94,7 @@ pub struct CudaEncoder {
 }
 
 fn weight_bytes(weights: &BertWeights) -> u64 {
-    let linear = |l: &Linear| l.weight.len() + l.bias.len();
+    let linear = |l: &Linear| l.weight_t.len() + l.bias.len();
     let norm = |n: &LayerNorm| n.weight.len() + n.bias.len();
     let floats = weights.word_embeddings.len()
         + weights.position_embeddings.len()
@@ -152,7 +152,7 @@ impl CudaEncoder {
         };
         let linear = |l: &Linear| -> GpuResult<DeviceLinear> {
             Ok(DeviceLinear {
-                weight: upload(&l.weight)?,
+                weight: upload(&l.weight())?,
                 bias: upload(&l.bias)?,
                 inputs: l.inputs,
                 outputs: l.outputs,

@@ -14,7 +14,7 @@ use crate::math::vector;
 use rayon::prelude::*;
 
 fn linear(layer: &Linear, x: &[f32], rows: usize, y: &mut Vec<f32>) {
-    gemm::linear_into(x, rows, &layer.weight, &layer.bias, y)
+    gemm::linear_into(x, rows, &layer.weight_t, &layer.bias, y)
 }
 
 /// A pointer to the attention output that tasks write disjoint parts of.

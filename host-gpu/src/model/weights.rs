@@ -6,27 +6,75 @@ use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
-/// A dense layer `y = x W^T + b` (PyTorch layout: `W` is `[out, in]`).
+/// A dense layer `y = x W^T + b` for a PyTorch weight `W[out, in]`, kept transposed: `W^T` is
+/// `[in, out]` row-major, which the CPU's matrix products read as it is. (With PyTorch's layout
+/// they first repacked `W` on every call, which was most of the time of a pass over a few
+/// tokens.)
 pub struct Linear {
-    pub weight: Vec<f32>,
+    /// `W^T`: `inputs` rows of `outputs` values.
+    pub weight_t: Vec<f32>,
     pub bias: Vec<f32>,
     pub inputs: usize,
     pub outputs: usize,
 }
 
 impl Linear {
-    /// One layer computing the outputs of `layers` (same inputs) side by side.
-    fn stack(layers: &[Linear]) -> Linear {
+    /// From a PyTorch weight `[outputs, inputs]` (left empty when it is not that size: the
+    /// reader has recorded why).
+    fn from_pytorch(weight: &[f32], bias: Vec<f32>, inputs: usize, outputs: usize) -> Linear {
+        let weight_t = if weight.len() == outputs * inputs {
+            transpose(weight, outputs, inputs)
+        } else {
+            Vec::new()
+        };
         Linear {
-            weight: layers
-                .iter()
-                .flat_map(|l| l.weight.iter().copied())
-                .collect(),
-            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
-            inputs: layers.first().map_or(0, |l| l.inputs),
-            outputs: layers.iter().map(|l| l.outputs).sum(),
+            weight_t,
+            bias,
+            inputs,
+            outputs,
         }
     }
+
+    /// `W` in PyTorch's `[outputs, inputs]` layout (what the CUDA encoder uploads).
+    pub fn weight(&self) -> Vec<f32> {
+        transpose(&self.weight_t, self.inputs, self.outputs)
+    }
+
+    /// One layer computing the outputs of `layers` (same inputs) side by side: row `i` of the
+    /// stacked `W^T` is row `i` of each layer's `W^T`, one after another.
+    fn stack(layers: &[Linear]) -> Linear {
+        let inputs = layers.first().map_or(0, |l| l.inputs);
+        let outputs = layers.iter().map(|l| l.outputs).sum();
+        let mut weight_t = Vec::with_capacity(inputs * outputs);
+        if layers
+            .iter()
+            .all(|l| l.weight_t.len() == l.inputs * l.outputs)
+        {
+            for i in 0..inputs {
+                for l in layers {
+                    weight_t.extend_from_slice(&l.weight_t[i * l.outputs..(i + 1) * l.outputs]);
+                }
+            }
+        }
+        Linear {
+            weight_t,
+            bias: layers.iter().flat_map(|l| l.bias.iter().copied()).collect(),
+            inputs,
+            outputs,
+        }
+    }
+}
+
+/// The transpose of a row-major `rows x cols` matrix.
+fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    debug_assert_eq!(values.len(), rows * cols);
+    let mut out = vec![0f32; values.len()];
+    for (r, row) in values.chunks_exact(cols.max(1)).enumerate() {
+        for (c, v) in row.iter().enumerate() {
+            out[c * rows + r] = *v;
+        }
+    }
+    out
 }
 
 /// LayerNorm parameters.
@@ -95,12 +143,9 @@ impl Reader<'_> {
     }
 
     fn linear(&mut self, name: &str, outputs: usize, inputs: usize) -> Linear {
-        Linear {
-            weight: self.get(&format!("{name}.weight"), &[outputs, inputs]),
-            bias: self.get(&format!("{name}.bias"), &[outputs]),
-            inputs,
-            outputs,
-        }
+        let weight = self.get(&format!("{name}.weight"), &[outputs, inputs]);
+        let bias = self.get(&format!("{name}.bias"), &[outputs]);
+        Linear::from_pytorch(&weight, bias, inputs, outputs)
     }
 
     fn norm(&mut self, name: &str, width: usize) -> LayerNorm {
@@ -184,5 +229,72 @@ impl BertWeights {
             );
         }
         Ok(weights)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::math::gemm;
+
+    fn counting(len: usize, from: f32) -> Vec<f32> {
+        (0..len).map(|i| from + i as f32 * 0.25).collect()
+    }
+
+    #[test]
+    fn linear_keeps_w_transposed_and_gives_pytorchs_layout_back() {
+        let (inputs, outputs) = (3, 2);
+        // W[out, in] = [[0, 1, 2], [3, 4, 5]]
+        let w: Vec<f32> = (0..6).map(|v| v as f32).collect();
+        let layer = Linear::from_pytorch(&w, vec![0.5, -0.5], inputs, outputs);
+        assert_eq!(layer.weight_t, [0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(layer.weight(), w);
+        // y = x W^T + b for x = [1, 1, 1]: [0+1+2, 3+4+5] + b
+        assert_eq!(
+            gemm::linear(&[1.0, 1.0, 1.0], 1, &layer.weight_t, &layer.bias),
+            [3.5, 11.5]
+        );
+        // A weight of the wrong size stays empty (the reader reports the mismatch).
+        assert!(
+            Linear::from_pytorch(&w[..5], vec![0.0; 2], 3, 2)
+                .weight_t
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn stacked_layers_compute_each_layers_outputs_side_by_side() {
+        let (rows, inputs) = (4, 5);
+        let sizes = [3, 7, 2];
+        let layers: Vec<Linear> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &outputs)| {
+                Linear::from_pytorch(
+                    &counting(outputs * inputs, i as f32),
+                    counting(outputs, -(i as f32)),
+                    inputs,
+                    outputs,
+                )
+            })
+            .collect();
+        let x = counting(rows * inputs, 0.5);
+        let stacked = Linear::stack(&layers);
+        assert_eq!(stacked.outputs, 12);
+        let all = gemm::linear(&x, rows, &stacked.weight_t, &stacked.bias);
+        let mut column = 0;
+        for layer in &layers {
+            let alone = gemm::linear(&x, rows, &layer.weight_t, &layer.bias);
+            for r in 0..rows {
+                assert_eq!(
+                    &all[r * 12 + column..r * 12 + column + layer.outputs],
+                    &alone[r * layer.outputs..(r + 1) * layer.outputs]
+                );
+            }
+            column += layer.outputs;
+        }
+        // The stacked weight in PyTorch's layout is the layers' weights one after another.
+        let want: Vec<f32> = layers.iter().flat_map(|l| l.weight()).collect();
+        assert_eq!(stacked.weight(), want);
     }
 }
