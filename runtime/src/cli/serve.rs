@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// Use the CPU backend even if a CUDA device is present.
     #[arg(long)]
     pub cpu_backend: bool,
-    /// How long a model waits for more concurrent requests to batch into one forward pass.
+    /// How long a model waits for more concurrent requests to batch into one forward pass
+    /// (only while requests overlap: a lone request runs at once).
     #[arg(long, default_value = "2ms", value_parser = parse_duration)]
     pub batch_window: Duration,
     /// Run one request per forward pass (no dynamic batching).
