@@ -141,9 +141,10 @@ impl LoadedFunction {
             // SAFETY: as in `load`: an artifact this node wrote for this engine.
             let component = unsafe { Component::deserialize_file(linker.engine(), &artifact) }
                 .map_err(|e| anyhow!("reloading {}: {e}", artifact.display()))?;
-            pre_instantiate(&linker, &component)
+            let deserialized = started.elapsed();
+            pre_instantiate(&linker, &component).map(|pre| (pre, deserialized))
         };
-        let pre = if self.reload_inline {
+        let (pre, deserialized) = if self.reload_inline {
             reload()?
         } else {
             tokio::task::spawn_blocking(reload)
@@ -156,6 +157,7 @@ impl LoadedFunction {
             version = self.manifest.version,
             on = if self.reload_inline { "worker" } else { "blocking pool" },
             reload_us = started.elapsed().as_micros() as u64,
+            deserialize_us = deserialized.as_micros() as u64,
             "reloaded after being idle"
         );
         Ok((pre, true))
