@@ -1,17 +1,10 @@
-//! The wasmtime engine every function shares: pooling allocator, async, epoch interruption,
-//! and the linker that gives guests what `wasmtime serve -S cli` gives them.
+//! The wasmtime engine every function shares: pooling allocator, async, epoch interruption
+//! (driven by [`crate::epoch`]), and the linker that gives guests what `wasmtime serve -S cli` gives them.
 
 use crate::host::InvocationState;
 use anyhow::{Context, Result};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-
-/// How often the engine's epoch advances. A running guest yields to the async runtime at every
-/// tick (so one busy guest never starves others) and its timeout is checked then.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Linear memory per pooled slot reset with `memset` and kept resident between requests.
 pub const KEEP_RESIDENT_MEMORY: usize = 2 << 20;
@@ -90,42 +83,4 @@ pub fn build_linker(engine: &Engine) -> Result<Linker<InvocationState>> {
         .map_err(anyhow::Error::from)
         .context("adding flint:gpu to the linker")?;
     Ok(linker)
-}
-
-/// A thread that advances the engine's epoch every [`EPOCH_TICK`] until dropped.
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    /// Starts ticking `engine`'s epoch.
-    pub fn start(engine: Engine) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = std::thread::Builder::new()
-            .name("flint-epoch".into())
-            .spawn({
-                let stop = stop.clone();
-                move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EPOCH_TICK);
-                        engine.increment_epoch();
-                    }
-                }
-            })
-            .expect("spawning the epoch thread");
-        EpochTicker {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

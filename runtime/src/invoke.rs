@@ -209,7 +209,7 @@ where
     function.spares.refill(
         node.options().spares,
         node.spare_budget(),
-        node.engine(),
+        node.guest_activity(),
         &pre,
         |id| invocation_info(node, function, id),
         timeout,
@@ -240,10 +240,12 @@ where
 
     let task_meter = meter.clone();
     let spares = function.spares.clone();
+    let activity = node.guest_activity().clone();
     let task = tokio::spawn(
         async move {
             // The slot stays taken until the guest is done, response body included.
             let _admission = admission;
+            let running = activity.enter();
             let outcome = tokio::time::timeout(timeout, async {
                 let proxy = match proxy {
                     Some(proxy) => proxy,
@@ -260,6 +262,7 @@ where
                     .await
             })
             .await;
+            drop(running);
             let memory_denied = store.data().limiter.denied_bytes;
             let memory_peak = store.data().limiter.peak_bytes as u64;
             // On a GPU, the usage (CUDA-event time) and the end of the session wait for the

@@ -19,6 +19,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod epoch;
 pub mod error;
 pub mod function;
 pub mod gpu;

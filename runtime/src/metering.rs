@@ -404,12 +404,18 @@ impl Metering {
             .add(&record);
         self.metrics.add(&record);
         tracing::debug!(target: "flint::usage", invocation = %record.invocation_id, outcome = record.outcome.name(), wall_us = record.wall_us, "metered");
-        // No wake-up per record: the writer thread collects them every FLUSH_INTERVAL.
+        // No wake-up per record: the writer thread collects them every FLUSH_INTERVAL while
+        // records come in, and only the first record after a quiet interval wakes it.
         self.log
             .records
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(record);
+        if self.log.idle.swap(false, Ordering::SeqCst)
+            && let Some(writer) = &self.writer
+        {
+            writer.thread().unpark();
+        }
     }
 
     /// Statistics of every function that has been invoked, or of `function`.
@@ -465,10 +471,13 @@ impl Metering {
 struct PendingRecords {
     records: Mutex<Vec<UsageRecord>>,
     closed: std::sync::atomic::AtomicBool,
+    /// The writer found nothing to write and sleeps until the next record wakes it.
+    idle: std::sync::atomic::AtomicBool,
 }
 
-/// How often the writer thread appends what was recorded (at most this much is lost in a
-/// crash; a clean shutdown writes everything).
+/// How often the writer thread appends what was recorded while records come in (at most this
+/// much is lost in a crash; a clean shutdown writes everything). After an interval with none
+/// it sleeps without waking until the next one.
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Drop for Metering {
@@ -536,6 +545,28 @@ fn write_log(dir: &Path, pending: &PendingRecords, rotate_bytes: u64) {
         if closed {
             return;
         }
-        std::thread::park_timeout(FLUSH_INTERVAL);
+        if records.is_empty() {
+            sleep_until_recorded(pending);
+        } else {
+            std::thread::park_timeout(FLUSH_INTERVAL);
+        }
+    }
+}
+
+/// Parks the writer thread until a record arrives or the log closes.
+fn sleep_until_recorded(pending: &PendingRecords) {
+    pending.idle.store(true, Ordering::SeqCst);
+    // A record pushed before `idle` was set would not wake us: look once more.
+    let empty = pending
+        .records
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty();
+    if !empty {
+        pending.idle.store(false, Ordering::SeqCst);
+        return;
+    }
+    while pending.idle.load(Ordering::SeqCst) && !pending.closed.load(Ordering::Acquire) {
+        std::thread::park();
     }
 }

@@ -2,7 +2,8 @@
 //! serves. Deploy, rollback and removal go through here, one at a time; serving reads a
 //! consistent snapshot (function map + route table) under a short read lock.
 
-use crate::engine::{self, EngineOptions, EpochTicker};
+use crate::engine::{self, EngineOptions};
+use crate::epoch::{EpochTicker, GuestActivity};
 use crate::error::{ApiError, ErrorKind};
 use crate::function::{self, LoadedFunction, NodeShare};
 use crate::gpu_budget::GpuSpend;
@@ -99,7 +100,7 @@ pub struct Node {
     utilization: crate::gpu::utilization::Sampler,
     /// The node-wide cap on spare sandboxes.
     spare_budget: Arc<crate::sandbox::SpareBudget>,
-    _epoch: EpochTicker,
+    epoch: EpochTicker,
 }
 
 /// A function as the admin API describes it.
@@ -199,7 +200,7 @@ impl Node {
             models,
             metering,
             guest_logs,
-            _epoch: EpochTicker::start(engine.clone()),
+            epoch: EpochTicker::start(engine.clone()),
             engine,
             linker,
             registry,
@@ -221,6 +222,11 @@ impl Node {
     /// The shared engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// Marks guests as running, which keeps the engine's epoch (their clock) advancing.
+    pub fn guest_activity(&self) -> &GuestActivity {
+        self.epoch.activity()
     }
 
     /// The node-wide cap on spare sandboxes.

@@ -17,6 +17,7 @@
 //! code) stops spares for that version: its requests instantiate inline and report the
 //! failure as usual.
 
+use crate::epoch::GuestActivity;
 use crate::host::{InvocationInfo, InvocationState};
 use anyhow::Result;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -194,12 +195,13 @@ impl Spares {
 
     /// Starts building spares until `policy.per_function` are ready or being built (as far as
     /// `budget` allows), if instantiation was measured at `policy.after` or slower. `info`
-    /// makes each one's invocation state (given a fresh invocation id).
+    /// makes each one's invocation state (given a fresh invocation id); `activity` keeps the
+    /// epoch advancing while a spare's guest code (its start functions) runs.
     pub fn refill(
         self: &Arc<Self>,
         policy: SparePolicy,
         budget: &Arc<SpareBudget>,
-        engine: &Engine,
+        activity: &GuestActivity,
         pre: &ProxyPre<InvocationState>,
         info: impl Fn(Arc<str>) -> InvocationInfo,
         timeout: Duration,
@@ -217,12 +219,14 @@ impl Spares {
             };
             self.building.fetch_add(1, Ordering::AcqRel);
             let spares = self.clone();
-            let engine = engine.clone();
+            let activity = activity.clone();
             let pre = pre.clone();
             let info = info(Arc::from(crate::invoke::new_invocation_id()));
             tokio::spawn(async move {
                 let started = Instant::now();
-                let built = build(&engine, &pre, &info, timeout).await;
+                let running = activity.enter();
+                let built = build(&pre, &info, timeout).await;
+                drop(running);
                 if built.is_ok() {
                     spares.record_instantiation(started.elapsed());
                 }
@@ -249,11 +253,11 @@ impl Spares {
 
 /// Instantiates `pre` in a fresh store, within `timeout`.
 async fn build(
-    engine: &Engine,
     pre: &ProxyPre<InvocationState>,
     info: &InvocationInfo,
     timeout: Duration,
 ) -> Result<(Store<InvocationState>, Proxy)> {
+    let engine = pre.instance_pre().engine();
     let mut store = new_store(engine, info, Instant::now() + timeout);
     let proxy = tokio::time::timeout(timeout, pre.instantiate_async(&mut store))
         .await

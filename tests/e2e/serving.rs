@@ -235,3 +235,61 @@ fn unknown_paths_get_404_json() {
     assert_eq!(node.get("/healthz").json()["status"], "ok");
     assert_eq!(node.get("/readyz").json()["status"], "ready");
 }
+
+/// Context switches of each of `pid`'s threads, by thread name (Linux's `/proc`).
+fn context_switches(pid: u32) -> std::collections::BTreeMap<String, u64> {
+    let mut switches = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let (Ok(name), Ok(status)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("status")),
+        ) else {
+            continue; // a thread that just exited
+        };
+        let count: u64 = status
+            .lines()
+            .filter(|line| line.contains("ctxt_switches"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum();
+        *switches.entry(name.trim().to_string()).or_default() += count;
+    }
+    switches
+}
+
+#[test]
+fn an_idle_node_sleeps_without_waking_and_still_times_out_spinning_guests() {
+    let node = Node::start();
+    node.deploy(&guests().misbehave, "spin", &["--timeout", "500ms"]);
+    node.deploy(&guests().hello, "hello", &[]);
+    assert_eq!(node.get("/fn/hello/").status, 200);
+    // Let the epoch ticker and the usage-log writer see that nothing runs.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let before = context_switches(node.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let after = context_switches(node.pid());
+    let woke: Vec<(String, u64)> = after
+        .iter()
+        .map(|(name, n)| {
+            (
+                name.clone(),
+                n.saturating_sub(before.get(name).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let total: u64 = woke.iter().map(|(_, n)| n).sum();
+    // It used to be about 500 in 2 s (the epoch ticker's 200/s and the usage log's 50/s). What
+    // is left is housekeeping: the GPU utilization sampler (once a second, on the CPU backend
+    // too), the idle-unload sweep, idle blocking threads exiting.
+    assert!(
+        total <= 10,
+        "the idle node woke up {total} times in 2 s: {woke:?}"
+    );
+
+    // The sleeping epoch ticker wakes for the next guest: a spinning one still times out,
+    // and the usage log still records what ran.
+    node.get("/fn/spin/loop").expect_error(504, "timeout");
+    assert_eq!(node.get("/fn/hello/").status, 200);
+}
