@@ -11,6 +11,7 @@ Sections (each can be picked with --only):
   heavy     the same for a componentize-py hello world (if bench/heavy built one)
   cold      first request after scale to zero vs warm; deploy-to-first-answer
   density   node memory with 1, 100 and 1000 deployed idle functions
+  idle      what an idle server costs: wake-ups and CPU time per second, Flint vs `wasmtime serve`
   minilm    MiniLM embeddings/s on the CPU backend vs PyTorch + sentence-transformers, 2 threads
   batching  64 concurrent single-text clients, dynamic batching vs --no-batching
 """
@@ -142,10 +143,10 @@ class FlintNode:
 class WasmtimeServe:
     """`wasmtime serve` of the same version as Flint's wasmtime, with WASI cli imports on."""
 
-    def __init__(self, wasm):
+    def __init__(self, wasm, *extra):
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [WASMTIME, "serve", "-S", "cli", "--addr", f"127.0.0.1:{self.port}", wasm],
+            [WASMTIME, "serve", "-S", "cli", *extra, "--addr", f"127.0.0.1:{self.port}", wasm],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{self.port}/")
 
@@ -362,6 +363,73 @@ def bench_cold(args):
     finally:
         node.close()
         peer.close()
+
+
+def thread_activity(pid):
+    """(context switches, CPU seconds) of every thread of `pid`, by thread name."""
+    out = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{task}"
+        try:
+            with open(f"{base}/comm") as f:
+                name = f.read().strip()
+            with open(f"{base}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"{base}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
+        except OSError:
+            continue  # a thread that just exited
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = out.setdefault(name, [0, 0.0])
+        total[0] += switches
+        total[1] += cpu
+    return out
+
+
+def idle_cost(pid, seconds):
+    """Wake-ups (context switches) and CPU milliseconds per second of `pid` over `seconds`."""
+    before = thread_activity(pid)
+    time.sleep(seconds)
+    after = thread_activity(pid)
+    by_thread = {}
+    for name, (switches, cpu) in after.items():
+        was = before.get(name, [0, 0.0])
+        by_thread[name] = {"wakeups_per_s": (switches - was[0]) / seconds,
+                           "cpu_ms_per_s": (cpu - was[1]) * 1000 / seconds}
+    return {"wakeups_per_s": sum(t["wakeups_per_s"] for t in by_thread.values()),
+            "cpu_ms_per_s": sum(t["cpu_ms_per_s"] for t in by_thread.values()),
+            "threads": {k: v for k, v in by_thread.items() if v["wakeups_per_s"] > 0}}
+
+
+IDLE_COST_SECONDS = 20
+
+
+def bench_idle(args):
+    """What a server that serves nothing costs: `hello` deployed and called once, then
+    IDLE_COST_SECONDS of nothing, counting every thread's context switches (each one a wake-up)
+    and CPU time. The peer is `wasmtime serve` without and with a timeout (`-W timeout=30s`,
+    the protection from spinning guests that Flint always has: it adds an epoch thread)."""
+    wasm = os.path.join(GUESTS, "hello.wasm")
+    out = {}
+    node = FlintNode(log_level="warn")
+    try:
+        node.deploy(wasm, "hello")
+        urllib.request.urlopen(node.url("/fn/hello/")).read()
+        time.sleep(1)
+        out["flint"] = idle_cost(node.proc.pid, IDLE_COST_SECONDS)
+    finally:
+        node.close()
+    for key, extra in (("wasmtime_serve", ()), ("wasmtime_serve_timeout", ("-W", "timeout=30s"))):
+        peer = WasmtimeServe(wasm, *extra)
+        try:
+            urllib.request.urlopen(peer.url("/")).read()
+            time.sleep(1)
+            out[key] = idle_cost(peer.proc.pid, IDLE_COST_SECONDS)
+        finally:
+            peer.close()
+    for key, r in out.items():
+        log(f"  {key}: {r['wakeups_per_s']:.1f} wake-ups/s, {r['cpu_ms_per_s']:.2f} ms CPU/s, {r['threads']}")
+    return out
 
 
 def bench_density(args):
@@ -603,6 +671,13 @@ def print_table(results):
             rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
                          f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
             previous = count
+    i = results.get("idle")
+    if i:
+        f, w, t = i["flint"], i["wasmtime_serve"], i["wasmtime_serve_timeout"]
+        rows.append(("idle server, wake-ups/s", f"{f['wakeups_per_s']:.1f}",
+                     f"wasmtime serve {w['wakeups_per_s']:.1f}; with -W timeout {t['wakeups_per_s']:.1f}", "", ""))
+        rows.append(("idle server, CPU ms/s", f"{f['cpu_ms_per_s']:.2f}",
+                     f"wasmtime serve {w['cpu_ms_per_s']:.2f}; with -W timeout {t['cpu_ms_per_s']:.2f}", "", ""))
     m = results.get("minilm")
     if m and "skipped" not in m:
         for key, r in m.items():
@@ -639,7 +714,7 @@ def finish(results, out, table):
 
 
 HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
-SECTIONS = ["sandbox", "hello", "heavy", "cold", "density", "minilm", "batching"]
+SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "minilm", "batching"]
 
 
 def main():
@@ -668,6 +743,8 @@ def main():
                 {"skipped": "no componentize-py component (scripts/bench.sh builds it)"}
         elif section == "cold":
             results[section] = bench_cold(args)
+        elif section == "idle":
+            results[section] = bench_idle(args)
         elif section == "density":
             results[section] = bench_density(args)
         elif section == "minilm":
