@@ -1,5 +1,6 @@
 //! The wasmtime engine every function shares: pooling allocator, async, epoch interruption
-//! (driven by [`crate::epoch`]), and the linker that gives guests what `wasmtime serve -S cli` gives them.
+//! (driven by [`crate::epoch`]), and the linker that gives guests what `wasmtime serve -S cli`
+//! gives them.
 
 use crate::host::InvocationState;
 use anyhow::{Context, Result};
