@@ -179,6 +179,9 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let settings = &function.manifest.settings;
+    if function.uses_gpu {
+        node.utilization().gpu_work_started();
+    }
     let budget = match settings.gpu_budget {
         Some(budget) => {
             let spend = node.gpu_spend(&function.name);

@@ -97,7 +97,7 @@ pub struct Node {
     holdings: dashmap::DashMap<String, Arc<flint_gpu::Holdings>>,
     /// What each function with a GPU budget spent of it, by function name.
     gpu_spend: dashmap::DashMap<String, Arc<GpuSpend>>,
-    utilization: crate::gpu::utilization::Sampler,
+    utilization: Arc<crate::gpu::utilization::Sampler>,
     /// The node-wide cap on spare sandboxes.
     spare_budget: Arc<crate::sandbox::SpareBudget>,
     epoch: EpochTicker,
@@ -194,7 +194,7 @@ impl Node {
             gpu_slots: Limit::new(options.max_gpu_concurrency),
             holdings: Default::default(),
             gpu_spend: Default::default(),
-            utilization: crate::gpu::utilization::Sampler::new(pool.devices().len()),
+            utilization: Arc::new(crate::gpu::utilization::Sampler::new(pool.devices().len())),
             spare_budget: crate::sandbox::SpareBudget::for_instances(options.engine.max_instances),
             pool,
             models,
@@ -317,16 +317,15 @@ impl Node {
         &self.utilization
     }
 
-    /// Samples GPU busy time every second (for utilization), until the node is dropped.
+    /// Samples GPU busy time (for utilization) while there is GPU work, until the node is
+    /// dropped (see [`crate::gpu::utilization::Sampler::run`]).
     pub async fn sample_gpu_utilization(self: Arc<Self>) {
         let node = Arc::downgrade(&self);
+        let sampler = self.utilization.clone();
         drop(self);
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            let Some(node) = node.upgrade() else { return };
-            node.utilization.sample(&node.pool);
-        }
+        sampler
+            .run(|| node.upgrade().map(|node| node.pool.clone()))
+            .await;
     }
 
     /// Every served function, by name.
