@@ -366,7 +366,7 @@ def bench_cold(args):
 
 
 def thread_activity(pid):
-    """(context switches, CPU seconds) of every thread of `pid`, by thread name."""
+    """(thread name, context switches, CPU seconds) of every thread of `pid`, by thread id."""
     out = {}
     for task in os.listdir(f"/proc/{pid}/task"):
         base = f"/proc/{pid}/task/{task}"
@@ -379,34 +379,37 @@ def thread_activity(pid):
                 switches = sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
         except OSError:
             continue  # a thread that just exited
-        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        total = out.setdefault(name, [0, 0.0])
-        total[0] += switches
-        total[1] += cpu
+        out[task] = (name, switches, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
     return out
 
 
 def idle_cost(pid, seconds):
-    """Wake-ups (context switches) and CPU milliseconds per second of `pid` over `seconds`."""
+    """Wake-ups (context switches) and CPU milliseconds per second of `pid` over `seconds`, by
+    thread name. Threads that exit in between are not counted; new ones count in full."""
     before = thread_activity(pid)
     time.sleep(seconds)
     after = thread_activity(pid)
     by_thread = {}
-    for name, (switches, cpu) in after.items():
-        was = before.get(name, [0, 0.0])
-        by_thread[name] = {"wakeups_per_s": (switches - was[0]) / seconds,
-                           "cpu_ms_per_s": (cpu - was[1]) * 1000 / seconds}
+    for tid, (name, switches, cpu) in after.items():
+        _, was_switches, was_cpu = before.get(tid, (name, 0, 0.0))
+        total = by_thread.setdefault(name, {"wakeups_per_s": 0.0, "cpu_ms_per_s": 0.0})
+        total["wakeups_per_s"] += (switches - was_switches) / seconds
+        total["cpu_ms_per_s"] += (cpu - was_cpu) * 1000 / seconds
     return {"wakeups_per_s": sum(t["wakeups_per_s"] for t in by_thread.values()),
             "cpu_ms_per_s": sum(t["cpu_ms_per_s"] for t in by_thread.values()),
             "threads": {k: v for k, v in by_thread.items() if v["wakeups_per_s"] > 0}}
 
 
 IDLE_COST_SECONDS = 20
+# Wait this long after the last request before measuring, so that what a server does only
+# right after work (Flint samples GPU utilization for one 10 s window after the last GPU work)
+# is over: the figure is what a server that stays idle costs.
+IDLE_SETTLE_SECONDS = 12
 
 
 def bench_idle(args):
     """What a server that serves nothing costs: `hello` deployed and called once, then
-    IDLE_COST_SECONDS of nothing, counting every thread's context switches (each one a wake-up)
+    IDLE_SETTLE_SECONDS and IDLE_COST_SECONDS of nothing, counting over the latter every thread's context switches (each one a wake-up)
     and CPU time. The peer is `wasmtime serve` without and with a timeout (`-W timeout=30s`,
     the protection from spinning guests that Flint always has: it adds an epoch thread)."""
     wasm = os.path.join(GUESTS, "hello.wasm")
@@ -415,7 +418,7 @@ def bench_idle(args):
     try:
         node.deploy(wasm, "hello")
         urllib.request.urlopen(node.url("/fn/hello/")).read()
-        time.sleep(1)
+        time.sleep(IDLE_SETTLE_SECONDS)
         out["flint"] = idle_cost(node.proc.pid, IDLE_COST_SECONDS)
     finally:
         node.close()
@@ -423,7 +426,7 @@ def bench_idle(args):
         peer = WasmtimeServe(wasm, *extra)
         try:
             urllib.request.urlopen(peer.url("/")).read()
-            time.sleep(1)
+            time.sleep(IDLE_SETTLE_SECONDS)
             out[key] = idle_cost(peer.proc.pid, IDLE_COST_SECONDS)
         finally:
             peer.close()
