@@ -138,10 +138,12 @@ impl LoadedFunction {
         let artifact = self.artifact.clone();
         let started = std::time::Instant::now();
         let reload = move || {
+            // Timed here, so that a wait for the blocking pool does not count as deserializing.
+            let begun = std::time::Instant::now();
             // SAFETY: as in `load`: an artifact this node wrote for this engine.
             let component = unsafe { Component::deserialize_file(linker.engine(), &artifact) }
                 .map_err(|e| anyhow!("reloading {}: {e}", artifact.display()))?;
-            let deserialized = started.elapsed();
+            let deserialized = begun.elapsed();
             pre_instantiate(&linker, &component).map(|pre| (pre, deserialized))
         };
         let (pre, deserialized) = if self.reload_inline {
