@@ -54,6 +54,8 @@ pub fn build_engine(options: EngineOptions) -> Result<Engine> {
         // guest page-faults them back in. Instead, reset the pages actually touched (found
         // with Linux's PAGEMAP_SCAN where the kernel has it) with `memset` and keep them
         // resident, up to these sizes per slot; beyond them `madvise` still returns memory.
+        // The scan is the vendored wasmtime's (vendor/README.md): it also resets pages that
+        // were swapped out, and does not stop after 32 dirty runs.
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT_MEMORY)
         .table_keep_resident(KEEP_RESIDENT_TABLE)
