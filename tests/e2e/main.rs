@@ -5,6 +5,7 @@ mod admin;
 mod deploy;
 mod gpu;
 mod gpu_limits;
+mod isolation;
 mod lifecycle;
 mod load_tool;
 mod models;

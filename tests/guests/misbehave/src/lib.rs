@@ -11,6 +11,11 @@
 //! - `bomb`: allocates memory until it cannot (the memory cap).
 //! - `noresponse`: returns without sending a response.
 //! - `outbound?url=U`: tries an outgoing HTTP GET of U and reports the outcome.
+//! - `residue?mb=N&stride=S&ms=M`: grows memory by N MiB (default 16), which a fresh sandbox
+//!   must find all zero, and answers `residue K` with K the bytes that were not. Before
+//!   answering it writes `0xA5` over one 4 KiB page in every S (default 1: all of them) and
+//!   sleeps M ms: what one request writes is what the next one in the same pool slot would
+//!   see if the slot were not reset. A stride of 2 leaves many small dirty runs, not one.
 //! - `count`: how many requests this instance has handled, this one included (always 1 in a
 //!   fresh sandbox), and its `FLINT_INVOCATION_ID`, as `N ID`.
 
@@ -135,6 +140,21 @@ impl wasi::exports::http::incoming_handler::Guest for Guest {
                     hoard.push(std::hint::black_box(chunk));
                 }
             }
+            "residue" => {
+                let param = |name: &str, default: usize| {
+                    query_param(query, name)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(default)
+                };
+                let block = grow_memory(param("mb", 16) << 20);
+                let residue = block.iter().filter(|&&byte| byte != 0).count();
+                for page in block.chunks_mut(4096).step_by(param("stride", 1).max(1)) {
+                    page.fill(0xA5);
+                }
+                std::hint::black_box(&block);
+                sleep_ms(query);
+                respond(out, 200, format!("residue {residue}").as_bytes());
+            }
             "noresponse" => {}
             "outbound" => {
                 let url = query_param(query, "url").unwrap_or_default();
@@ -144,6 +164,19 @@ impl wasi::exports::http::incoming_handler::Guest for Guest {
             _ => respond(out, 404, format!("unknown action `{action}`").as_bytes()),
         }
     }
+}
+
+/// Grows linear memory by `bytes` (rounded up to whole wasm pages) and returns the new pages.
+/// The WebAssembly spec makes them zero. They are taken straight from `memory.grow`, not from
+/// the allocator, which may clear what it hands out and so hide what an earlier instance left.
+fn grow_memory(bytes: usize) -> &'static mut [u8] {
+    const WASM_PAGE: usize = 64 << 10;
+    let pages = bytes.div_ceil(WASM_PAGE);
+    let first_page = core::arch::wasm32::memory_grow(0, pages);
+    assert_ne!(first_page, usize::MAX, "memory.grow of {pages} pages failed");
+    // SAFETY: the pages were just added to linear memory; nothing else refers to them (the
+    // allocator grows memory past them when it needs more).
+    unsafe { std::slice::from_raw_parts_mut((first_page * WASM_PAGE) as *mut u8, pages * WASM_PAGE) }
 }
 
 fn outbound_get(url: &str) -> String {
