@@ -173,10 +173,16 @@ fn grow_memory(bytes: usize) -> &'static mut [u8] {
     const WASM_PAGE: usize = 64 << 10;
     let pages = bytes.div_ceil(WASM_PAGE);
     let first_page = core::arch::wasm32::memory_grow(0, pages);
-    assert_ne!(first_page, usize::MAX, "memory.grow of {pages} pages failed");
+    assert_ne!(
+        first_page,
+        usize::MAX,
+        "memory.grow of {pages} pages failed"
+    );
     // SAFETY: the pages were just added to linear memory; nothing else refers to them (the
     // allocator grows memory past them when it needs more).
-    unsafe { std::slice::from_raw_parts_mut((first_page * WASM_PAGE) as *mut u8, pages * WASM_PAGE) }
+    unsafe {
+        std::slice::from_raw_parts_mut((first_page * WASM_PAGE) as *mut u8, pages * WASM_PAGE)
+    }
 }
 
 fn outbound_get(url: &str) -> String {
