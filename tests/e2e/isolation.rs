@@ -64,12 +64,13 @@ fn large_anonymous_mappings(pid: u32, min_bytes: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// KiB of `pid`'s memory that are swapped out, over all its mappings.
-fn swapped_kib(pid: u32) -> u64 {
+/// A field of `pid`'s `/proc/PID/smaps_rollup` in KiB, over all its mappings (`Swap:` for
+/// what is swapped out, `Anonymous:` for anonymous memory).
+fn smaps_rollup_kib(pid: u32, field: &str) -> u64 {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap();
     smaps
         .lines()
-        .find_map(|line| line.strip_prefix("Swap:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
@@ -137,13 +138,8 @@ fn guest_memory_swapped_out_while_it_ran_is_reset_too() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let ranges = loop {
             let ranges = large_anonymous_mappings(node.pid(), GROWTH);
-            let rss = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", node.pid()))
-                .unwrap()
-                .lines()
-                .find_map(|l| l.strip_prefix("Anonymous:"))
-                .and_then(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            if !ranges.is_empty() && rss * 1024 >= GROWTH {
+            let anonymous = smaps_rollup_kib(node.pid(), "Anonymous:");
+            if !ranges.is_empty() && anonymous * 1024 >= GROWTH {
                 break ranges;
             }
             assert!(
@@ -152,12 +148,12 @@ fn guest_memory_swapped_out_while_it_ran_is_reset_too() {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        let before = swapped_kib(node.pid());
+        let before = smaps_rollup_kib(node.pid(), "Swap:");
         if let Err(reason) = page_out(node.pid(), &ranges) {
             request.join().unwrap();
             return skip(&format!("cannot swap out the node's memory ({reason})"));
         }
-        let swapped = swapped_kib(node.pid()).saturating_sub(before);
+        let swapped = smaps_rollup_kib(node.pid(), "Swap:").saturating_sub(before);
         let reply = request.join().unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
         assert_eq!(reply.body, "residue 0", "round {round}");
