@@ -67,10 +67,15 @@ fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
     OutgoingBody::finish(outgoing, None).expect("finish");
 }
 
-fn sleep_ms(query: &str) -> u64 {
-    let ms = query_param(query, "ms")
+/// The number in query parameter `name`, or `default` if it is missing or not a number.
+fn query_number<T: std::str::FromStr>(query: &str, name: &str, default: T) -> T {
+    query_param(query, name)
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .unwrap_or(default)
+}
+
+fn sleep_ms(query: &str) -> u64 {
+    let ms = query_number(query, "ms", 0);
     if ms > 0 {
         std::thread::sleep(std::time::Duration::from_millis(ms));
     }
@@ -116,9 +121,7 @@ impl wasi::exports::http::incoming_handler::Guest for Guest {
                 respond(out, 200, format!("slept {ms}").as_bytes());
             }
             "print" => {
-                let lines: u32 = query_param(query, "lines")
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(1);
+                let lines: u32 = query_number(query, "lines", 1);
                 for i in 0..lines {
                     println!("guest line {i}");
                 }
@@ -141,14 +144,12 @@ impl wasi::exports::http::incoming_handler::Guest for Guest {
                 }
             }
             "residue" => {
-                let param = |name: &str, default: usize| {
-                    query_param(query, name)
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(default)
-                };
-                let block = grow_memory(param("mb", 16) << 20);
+                let block = grow_memory(query_number::<usize>(query, "mb", 16) << 20);
                 let residue = block.iter().filter(|&&byte| byte != 0).count();
-                for page in block.chunks_mut(4096).step_by(param("stride", 1).max(1)) {
+                for page in block
+                    .chunks_mut(4096)
+                    .step_by(query_number(query, "stride", 1).max(1))
+                {
                     page.fill(0xA5);
                 }
                 std::hint::black_box(&block);
