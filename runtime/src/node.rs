@@ -323,8 +323,16 @@ impl Node {
         let node = Arc::downgrade(&self);
         let sampler = self.utilization.clone();
         drop(self);
+        let running = node.clone();
         sampler
-            .run(|| node.upgrade().map(|node| node.pool.clone()))
+            .run(
+                || node.upgrade().map(|node| node.pool.clone()),
+                move || {
+                    running
+                        .upgrade()
+                        .is_some_and(|node| node.gpu_slots.taken() > 0)
+                },
+            )
             .await;
     }
 

@@ -5,6 +5,8 @@
 //!
 //! After a whole window without GPU work the sampling stops, so that an idle node does not wake
 //! up for it; the next invocation of a GPU function ([`Sampler::gpu_work_started`]) resumes it.
+//! Busy time is recorded as each GPU op completes, so a single op longer than the window shows
+//! none until it ends: sampling never stops while a GPU invocation is running.
 
 use flint_gpu::Pool;
 use std::collections::VecDeque;
@@ -41,15 +43,15 @@ impl Sampler {
     }
 
     /// Samples every [`SAMPLE_PERIOD`] while there is GPU work, and waits for the next
-    /// [`Sampler::gpu_work_started`] after a whole [`WINDOW`] without any; returns when
-    /// `pool` returns `None` (its owner is gone).
-    pub async fn run(&self, pool: impl Fn() -> Option<Arc<Pool>>) {
+    /// [`Sampler::gpu_work_started`] after a whole [`WINDOW`] without any while `running`
+    /// says no GPU invocation runs; returns when `pool` returns `None` (its owner is gone).
+    pub async fn run(&self, pool: impl Fn() -> Option<Arc<Pool>>, running: impl Fn() -> bool) {
         let mut tick = tokio::time::interval(SAMPLE_PERIOD);
         loop {
             tick.tick().await;
             let Some(current) = pool() else { return };
             self.sample(&current);
-            if self.quiet_for(WINDOW) {
+            if self.quiet_for(WINDOW) && !running() {
                 drop(current);
                 self.work_started.notified().await;
                 let Some(current) = pool() else { return };
@@ -159,7 +161,7 @@ mod tests {
         let last_sample = |s: &Sampler| s.samples.lock().unwrap().back().unwrap().0;
         let task = tokio::spawn({
             let (pool, sampler) = (pool.clone(), sampler.clone());
-            async move { sampler.run(|| Some(pool.clone())).await }
+            async move { sampler.run(|| Some(pool.clone()), || false).await }
         });
         // Quiet from the start: after a window and a bit, sampling has stopped.
         tokio::time::sleep(WINDOW + SAMPLE_PERIOD * 3).await;
@@ -178,6 +180,46 @@ mod tests {
         );
         let percent = sampler.percent(&pool)[0];
         assert!(percent > 30.0, "the pause diluted the window: {percent} %");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sampling_goes_on_through_one_long_gpu_op() {
+        let pool = Pool::cpu_only(1 << 20);
+        let sampler = Arc::new(Sampler::new(1));
+        let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let last_sample = |s: &Sampler| s.samples.lock().unwrap().back().unwrap().0;
+        let task = tokio::spawn({
+            let (pool, sampler, running) = (pool.clone(), sampler.clone(), running.clone());
+            async move {
+                sampler
+                    .run(
+                        || Some(pool.clone()),
+                        || running.load(std::sync::atomic::Ordering::Relaxed),
+                    )
+                    .await
+            }
+        });
+        // An invocation runs one op of three windows: no busy time is recorded until it ends.
+        tokio::time::sleep(WINDOW * 3).await;
+        let before_end = last_sample(&sampler);
+        assert!(
+            before_end >= Instant::now() - SAMPLE_PERIOD * 2,
+            "stopped sampling while a GPU invocation ran"
+        );
+        pool.record_busy(0, WINDOW * 3);
+        running.store(false, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(SAMPLE_PERIOD * 2).await;
+        assert_eq!(
+            sampler.percent(&pool),
+            vec![100.0],
+            "the op fills the window"
+        );
+        // Then quiet: it stops after a window.
+        tokio::time::sleep(WINDOW * 2).await;
+        let stopped = last_sample(&sampler);
+        tokio::time::sleep(WINDOW).await;
+        assert_eq!(last_sample(&sampler), stopped, "kept sampling while quiet");
         task.abort();
     }
 }
