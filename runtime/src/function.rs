@@ -6,10 +6,12 @@
 //! satisfy (named), no `wasi:http/incoming-handler` export.
 
 use crate::host::InvocationState;
+use crate::idle::{IdlePolicy, IdleStep, Residency};
 use crate::registry::{Manifest, VersionPaths};
 use crate::scheduler::{Limit, Scheduler};
 use anyhow::{Context, Result, anyhow, bail};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -24,6 +26,10 @@ pub struct LoadedFunction {
     pub env: Arc<[(String, String)]>,
     /// The pre-instantiated component; `None` while unloaded for being idle.
     code: std::sync::Mutex<Option<ProxyPre<InvocationState>>>,
+    /// Whether its code pages and spares were given back (see [`crate::idle`]).
+    parked: std::sync::atomic::AtomicBool,
+    /// Told when its code becomes resident again, so that the idle sweep schedules it.
+    wake_sweep: Arc<tokio::sync::Notify>,
     /// One reload at a time.
     reload: tokio::sync::Mutex<()>,
     /// The precompiled artifact it reloads from.
@@ -52,6 +58,8 @@ pub struct NodeShare {
     pub gpu_slots: Limit,
     /// What the function holds on each device.
     pub holdings: Arc<flint_gpu::Holdings>,
+    /// The idle sweep's wake-up: told when a function's code becomes resident.
+    pub wake_sweep: Arc<tokio::sync::Notify>,
 }
 
 /// Artifacts up to this size are reloaded on the worker thread of the request that needs them:
@@ -102,6 +110,8 @@ impl LoadedFunction {
                 .gpu_function_memory_bytes
                 .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),
             code: std::sync::Mutex::new(Some(pre)),
+            parked: std::sync::atomic::AtomicBool::new(false),
+            wake_sweep: share.wake_sweep,
             reload: tokio::sync::Mutex::new(()),
             artifact,
             reload_inline,
@@ -111,23 +121,32 @@ impl LoadedFunction {
         }
     }
 
-    /// Whether its code is in memory.
-    pub fn is_loaded(&self) -> bool {
-        self.code
+    /// Where its code is now.
+    pub fn residency(&self) -> Residency {
+        let loaded = self
+            .code
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .is_some();
+        match (loaded, self.parked.load(Ordering::Relaxed)) {
+            (false, _) => Residency::Unloaded,
+            (true, true) => Residency::Parked,
+            (true, false) => Residency::Loaded,
+        }
     }
 
     /// The pre-instantiated component, reloaded from the precompiled artifact if it was
-    /// unloaded; the flag says whether this call had to load it (a cold start).
+    /// unloaded; the flag says whether this call had to load it (a cold start). A parked
+    /// function is simply marked loaded again: its pages fault back in as it runs.
     pub async fn code(
         &self,
         linker: &Arc<Linker<InvocationState>>,
     ) -> Result<(ProxyPre<InvocationState>, bool)> {
-        self.last_used_ms
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
         if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::Relaxed) {
+                self.wake_sweep.notify_one();
+            }
             return Ok((pre, false));
         }
         let _one_at_a_time = self.reload.lock().await;
@@ -140,9 +159,7 @@ impl LoadedFunction {
         let reload = move || {
             // Timed here, so that a wait for the blocking pool does not count as deserializing.
             let begun = std::time::Instant::now();
-            // SAFETY: as in `load`: an artifact this node wrote for this engine.
-            let component = unsafe { Component::deserialize_file(linker.engine(), &artifact) }
-                .map_err(|e| anyhow!("reloading {}: {e}", artifact.display()))?;
+            let component = deserialize_artifact(linker.engine(), &artifact)?;
             let deserialized = begun.elapsed();
             pre_instantiate(&linker, &component).map(|pre| (pre, deserialized))
         };
@@ -153,7 +170,9 @@ impl LoadedFunction {
                 .await
                 .map_err(|e| anyhow!("reload task failed: {e}"))??
         };
+        self.parked.store(false, Ordering::Relaxed);
         *self.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(pre.clone());
+        self.wake_sweep.notify_one();
         tracing::info!(
             function = %self.name,
             version = self.manifest.version,
@@ -173,25 +192,58 @@ impl LoadedFunction {
         }
     }
 
-    /// Drops the loaded code if the function has been idle for `idle` and nothing runs or
-    /// waits; `--keep-warm` functions stay. Returns whether it unloaded.
-    pub fn unload_if_idle(&self, idle: std::time::Duration) -> bool {
-        if self.manifest.settings.keep_warm
-            || self.scheduler.running() > 0
-            || self.scheduler.queued() > 0
-        {
-            return false;
+    /// How long nothing has run or waited here; `None` for a `--keep-warm` function, which
+    /// never parks or unloads. A function with a request running or waiting counts as just
+    /// used.
+    fn idle_time(&self) -> Option<std::time::Duration> {
+        if self.manifest.settings.keep_warm {
+            return None;
         }
-        let last = self.last_used_ms.load(std::sync::atomic::Ordering::Relaxed);
-        if now_ms().saturating_sub(last) < idle.as_millis() as u64 {
-            return false;
+        if self.scheduler.running() > 0 || self.scheduler.queued() > 0 {
+            return Some(std::time::Duration::ZERO);
         }
-        self.spares.clear();
-        self.code
+        let last = self.last_used_ms.load(Ordering::Relaxed);
+        Some(std::time::Duration::from_millis(
+            now_ms().saturating_sub(last),
+        ))
+    }
+
+    /// How long until `policy` has a step due for this function; `None`: never, unless it is
+    /// called meanwhile.
+    pub fn next_idle_step_in(&self, policy: &IdlePolicy) -> Option<std::time::Duration> {
+        policy.next_due_in(self.residency(), self.idle_time()?)
+    }
+
+    /// Parks or unloads it if `policy` says that is due, and returns the step taken. Parking
+    /// reads `/proc/self/pagemap`: call it from a blocking thread.
+    pub fn take_idle_step(&self, policy: &IdlePolicy) -> Option<IdleStep> {
+        let step = policy.due(self.residency(), self.idle_time()?)?;
+        let pre = self
+            .code
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .is_some()
+            .clone()?;
+        self.spares.clear();
+        match step {
+            IdleStep::Unload => {
+                self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
+            }
+            IdleStep::Park => {
+                self.parked.store(true, Ordering::Relaxed);
+                // A request that arrives meanwhile faults back what it needs.
+                let image = pre.instance_pre().component().image_range();
+                match crate::code_pages::release(image) {
+                    Ok(bytes) => {
+                        tracing::debug!(function = %self.name, bytes, "released code pages")
+                    }
+                    Err(error) => tracing::warn!(
+                        function = %self.name,
+                        "could not release its code pages: {error}"
+                    ),
+                }
+            }
+        }
+        Some(step)
     }
 
     /// Loads a version from disk: deserializes the precompiled artifact, or — if it was made by
@@ -203,9 +255,7 @@ impl LoadedFunction {
         paths: &VersionPaths,
         share: NodeShare,
     ) -> Result<(Self, Option<Vec<u8>>)> {
-        // SAFETY: the artifact was written by this node's registry from a component this node
-        // compiled itself; wasmtime checks it matches this engine's version and settings.
-        let loaded = unsafe { Component::deserialize_file(engine, &paths.artifact) };
+        let loaded = deserialize_artifact(engine, &paths.artifact);
         let (component, new_artifact) = match loaded {
             Ok(component) => (component, None),
             Err(error) => {
@@ -227,6 +277,15 @@ impl LoadedFunction {
             new_artifact,
         ))
     }
+}
+
+/// Maps a precompiled artifact that this node's registry stored. Its code pages are then the
+/// file's, which the kernel may reclaim and parking hands back ([`crate::code_pages`]).
+pub fn deserialize_artifact(engine: &Engine, artifact: &std::path::Path) -> Result<Component> {
+    // SAFETY: the registry only stores artifacts this node serialized from components it
+    // compiled itself; wasmtime checks it matches this engine's version and settings.
+    unsafe { Component::deserialize_file(engine, artifact) }
+        .map_err(|e| anyhow!("loading {}: {e}", artifact.display()))
 }
 
 /// Compiles uploaded bytes into a component, with an author-friendly error for the usual

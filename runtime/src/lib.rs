@@ -11,6 +11,7 @@
 //! - [`host`]: the per-invocation store data and its limits.
 //! - [`sandbox`]: a fresh store and instance per request, and spares built ahead of requests.
 //! - [`function`]: a loaded function and the deploy-time checks on components.
+//! - [`idle`]: parking and unloading functions nobody calls (scale to zero).
 //! - [`scheduler`]: per-function concurrency and the bounded queue.
 //! - [`registry`]: versions on disk, switched atomically.
 //! - [`router`]: path → function.
@@ -18,6 +19,7 @@
 //! - [`cli`]: the `fnctl` command line (serve and the admin client).
 
 pub mod cli;
+pub mod code_pages;
 pub mod engine;
 pub mod epoch;
 pub mod error;
@@ -27,6 +29,7 @@ pub mod gpu_budget;
 pub mod guest_log;
 pub mod heap;
 pub mod host;
+pub mod idle;
 pub mod invoke;
 pub mod metering;
 pub mod models;

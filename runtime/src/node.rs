@@ -44,8 +44,8 @@ pub struct NodeOptions {
     pub batching: flint_gpu::model::batcher::BatchOptions,
     /// Size at which the usage log rotates.
     pub usage_log_rotate_bytes: u64,
-    /// Unload a function's code after this long without invocations (`None`: never).
-    pub idle_unload: Option<std::time::Duration>,
+    /// When functions without invocations are parked and unloaded.
+    pub idle: crate::idle::IdlePolicy,
     /// GPU invocations (of functions importing `flint:gpu`) running at once, node-wide.
     pub max_gpu_concurrency: u32,
     /// Which functions get fresh instances built ahead of their requests, and how many; see
@@ -101,6 +101,8 @@ pub struct Node {
     /// The node-wide cap on spare sandboxes.
     spare_budget: Arc<crate::sandbox::SpareBudget>,
     epoch: EpochTicker,
+    /// Wakes the idle sweep when a function's code becomes resident.
+    wake_sweep: Arc<tokio::sync::Notify>,
 }
 
 /// A function as the admin API describes it.
@@ -142,8 +144,10 @@ pub struct FunctionInfo {
     pub max_gpu_concurrency: Option<u32>,
     /// Its GPU budget, e.g. `30s/1h`, if it has one.
     pub gpu_budget: Option<String>,
-    /// Whether its code is in memory now (false after an idle unload).
+    /// Whether its component is in memory now (false after an idle unload).
     pub loaded: bool,
+    /// Where its code is: `loaded`, `parked` (code pages given back) or `unloaded`.
+    pub residency: crate::idle::Residency,
     /// Names of the environment variables set (values are not shown).
     pub env: Vec<String>,
     /// SHA-256 of the component.
@@ -211,6 +215,7 @@ impl Node {
             load_failures: Mutex::new(Vec::new()),
             public_addr: OnceLock::new(),
             invocations: AtomicU64::new(0),
+            wake_sweep: Arc::default(),
         }))
     }
 
@@ -239,31 +244,62 @@ impl Node {
         &self.linker
     }
 
-    /// Unloads the code of every function idle for longer than `--idle-unload`, until the node
-    /// is dropped. Their next request reloads them (a cold start).
-    pub async fn unload_idle_functions(self: Arc<Self>) {
-        let Some(idle) = self.options.idle_unload else {
+    /// Parks and unloads idle functions (see [`crate::idle`]) until the node is dropped. It
+    /// sleeps until the next step falls due; while no function is loaded, until one is.
+    pub async fn sweep_idle_functions(self: Arc<Self>) {
+        let policy = self.options.idle;
+        if policy == crate::idle::IdlePolicy::NEVER {
             return;
-        };
-        let period = (idle / 4).clamp(
-            std::time::Duration::from_millis(10),
-            std::time::Duration::from_secs(5),
-        );
+        }
+        let wake = self.wake_sweep.clone();
         let node = Arc::downgrade(&self);
         drop(self);
         loop {
-            tokio::time::sleep(period).await;
-            let Some(node) = node.upgrade() else { return };
-            let mut unloaded = 0;
-            for function in node.snapshot().functions.values() {
-                if function.unload_if_idle(idle) {
-                    tracing::info!(function = %function.name, "unloaded after being idle");
-                    unloaded += 1;
+            let next = {
+                let Some(node) = node.upgrade() else { return };
+                let functions = node.snapshot();
+                functions
+                    .functions
+                    .values()
+                    .filter_map(|function| function.next_idle_step_in(&policy))
+                    .min()
+            };
+            match next {
+                // Not sooner than every 10 ms, however many functions fall due one by one.
+                Some(due_in) => {
+                    let due_in = due_in.max(std::time::Duration::from_millis(10));
+                    tokio::select! {
+                        () = tokio::time::sleep(due_in) => {}
+                        () = wake.notified() => continue,
+                    }
+                }
+                None => {
+                    wake.notified().await;
+                    continue;
                 }
             }
-            if unloaded > 0 {
-                let _ = tokio::task::spawn_blocking(crate::heap::release_freed).await;
-            }
+            let Some(node) = node.upgrade() else { return };
+            let functions = node.snapshot();
+            drop(node);
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut unloaded = 0;
+                for function in functions.functions.values() {
+                    match function.take_idle_step(&policy) {
+                        Some(crate::idle::IdleStep::Park) => {
+                            tracing::info!(function = %function.name, "parked after being idle");
+                        }
+                        Some(crate::idle::IdleStep::Unload) => {
+                            tracing::info!(function = %function.name, "unloaded after being idle");
+                            unloaded += 1;
+                        }
+                        None => {}
+                    }
+                }
+                if unloaded > 0 {
+                    crate::heap::release_freed();
+                }
+            })
+            .await;
         }
     }
 
@@ -301,6 +337,7 @@ impl Node {
                 .entry(name.to_string())
                 .or_insert_with(|| flint_gpu::Holdings::new(format!("function `{name}`")))
                 .clone(),
+            wake_sweep: self.wake_sweep.clone(),
         }
     }
 
@@ -405,6 +442,8 @@ impl Node {
 
     fn publish(&self, served: Served) {
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(served);
+        // A newly deployed or loaded function is one more for the idle sweep to schedule.
+        self.wake_sweep.notify_one();
     }
 
     /// Loads every deployed function from its precompiled artifact (recompiling only if the
@@ -440,7 +479,7 @@ impl Node {
                     // Scale to zero across restarts: with idle unloading on, a function starts
                     // unloaded (it was loaded once to check its artifact) and its first request
                     // loads it, so thousands of idle functions cost little memory.
-                    if self.options.idle_unload.is_some() {
+                    if self.options.idle.unloads() {
                         function.unload_unless_warm();
                     }
                     loaded.push(function)
@@ -454,7 +493,7 @@ impl Node {
                 }
             }
         }
-        if self.options.idle_unload.is_some() {
+        if self.options.idle.unloads() {
             let _ = tokio::task::spawn_blocking(crate::heap::release_freed).await;
         }
         self.restore_gpu_spend(&loaded);
@@ -587,7 +626,8 @@ impl Node {
             uses_gpu: function.uses_gpu,
             max_gpu_concurrency: settings.max_gpu_concurrency,
             gpu_budget: settings.gpu_budget.map(|b| b.render()),
-            loaded: function.is_loaded(),
+            loaded: function.residency() != crate::idle::Residency::Unloaded,
+            residency: function.residency(),
             env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
             sha256: manifest.sha256.clone(),
             component_bytes: manifest.component_bytes,
@@ -668,11 +708,12 @@ impl Node {
 
         let started = Instant::now();
         let node = self.clone();
-        let (component, pre, artifact) = tokio::task::spawn_blocking(move || {
+        let (component, artifact) = tokio::task::spawn_blocking(move || {
             let compiled = function::compile(&node.engine, &component)?;
-            let pre = function::pre_instantiate(&node.linker, &compiled)?;
+            // Linking checks the imports and the export before anything is stored.
+            function::pre_instantiate(&node.linker, &compiled)?;
             let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
-            anyhow::Ok((component, pre, artifact))
+            anyhow::Ok((component, artifact))
         })
         .await
         .map_err(|e| ApiError::internal(&anyhow!("compile task failed: {e}")))?
@@ -693,13 +734,26 @@ impl Node {
                 .to_string(),
         };
         let registry = self.registry.clone();
-        let manifest = tokio::task::spawn_blocking(move || {
+        let node = self.clone();
+        let (manifest, pre) = tokio::task::spawn_blocking(move || {
             registry.add_version(&mut manifest, &component, &artifact)?;
-            if let Err(error) = registry.set_current(&manifest.name, manifest.version) {
-                let _ = registry.discard_version(&manifest.name, manifest.version);
-                return Err(error);
+            // Serve the stored artifact, as after a restart, rather than the compiled copy: its
+            // code pages are then file-backed (reclaimable, and handed back when parked)
+            // instead of anonymous memory.
+            let paths = registry.paths(&manifest.name, manifest.version);
+            let served = function::deserialize_artifact(&node.engine, &paths.artifact)
+                .and_then(|component| function::pre_instantiate(&node.linker, &component))
+                .and_then(|pre| {
+                    registry.set_current(&manifest.name, manifest.version)?;
+                    Ok(pre)
+                });
+            match served {
+                Ok(pre) => anyhow::Ok((manifest, pre)),
+                Err(error) => {
+                    let _ = registry.discard_version(&manifest.name, manifest.version);
+                    Err(error)
+                }
             }
-            anyhow::Ok(manifest)
         })
         .await
         .map_err(|e| ApiError::internal(&anyhow!("registry task failed: {e}")))?

@@ -317,6 +317,104 @@ fn guest_output_shows_up_in_fnctl_logs_with_invocation_ids() {
     follower.wait().unwrap();
 }
 
+/// Resident bytes of the node's read-only mappings of `artifact`: the code wasmtime mapped from
+/// it (its writable mappings are linear-memory images inside instance slots).
+fn resident_code_bytes(node: &Node, artifact: &std::path::Path) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", node.pid())).unwrap();
+    let artifact = artifact.to_str().unwrap();
+    let mut in_code = false;
+    let mut bytes = 0;
+    for line in smaps.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields
+            .first()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // A mapping's header: range, permissions, offset, device, inode, path.
+            in_code = fields.get(5) == Some(&artifact) && !fields[1].contains('w');
+        } else if in_code && fields.first() == Some(&"Rss:") {
+            bytes += fields[1].parse::<u64>().unwrap() * 1024;
+        }
+    }
+    bytes
+}
+
+#[test]
+fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
+    let node = Node::start_with(&["--idle-park", "500ms", "--idle-unload", "4s"]);
+    node.deploy(&guests().hello, "hello", &[]);
+    node.deploy(&guests().hello, "warm", &["--keep-warm"]);
+    assert_eq!(node.get("/fn/hello/?name=first").status, 200);
+    assert_eq!(node.get("/fn/warm/").status, 200);
+    let artifact = node.data.join("functions/hello/versions/1/component.cwasm");
+    let code_before = resident_code_bytes(&node, &artifact);
+    assert!(
+        code_before > 0,
+        "a deployed function serves its stored artifact (file-backed code)"
+    );
+
+    let residency = |name: &str| {
+        node.function(name)["residency"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    node.wait_for_function("hello", "parked", Duration::from_secs(20), |f| {
+        f["residency"] == "parked"
+    });
+    let hello = node.function("hello");
+    assert_eq!(
+        hello["loaded"], true,
+        "a parked function keeps its component"
+    );
+    assert_eq!(hello["spare_sandboxes"], 0, "parking drops spare sandboxes");
+    assert_eq!(
+        resident_code_bytes(&node, &artifact),
+        0,
+        "parking hands its code pages back (before: {code_before} bytes)"
+    );
+    assert_eq!(residency("warm"), "loaded", "--keep-warm functions stay");
+
+    // Its next request runs the same component: no reload, no cold start.
+    let reply = node.get("/fn/hello/?name=again");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["message"], "Hello, again!");
+    let records = usage_records(&node, 3);
+    assert!(
+        records.iter().all(|r| r["cold_start"] == false),
+        "{records:?}"
+    );
+    // It parks again (so it was resumed), and later unloads.
+    let parks = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("parked after being idle") && l.contains("hello"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parks(&node.log()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "never parked again: {}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    node.wait_for_function("hello", "unloaded", Duration::from_secs(20), |f| {
+        f["residency"] == "unloaded"
+    });
+    assert!(
+        !node.log().contains("reloaded after being idle"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(residency("warm"), "loaded");
+
+    // Unloaded, it reloads: a cold start.
+    assert_eq!(node.get("/fn/hello/?name=cold").status, 200);
+    let records = usage_records(&node, 4);
+    assert_eq!(records[3]["cold_start"], true, "{records:?}");
+}
+
 #[test]
 fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
     let node = Node::start_with(&["--idle-unload", "300ms"]);

@@ -282,7 +282,8 @@ fn an_idle_node_sleeps_without_waking_and_still_times_out_spinning_guests() {
     let total: u64 = woke.iter().map(|(_, n)| n).sum();
     // It used to be about 500 in 2 s (the epoch ticker's 200/s and the usage log's 50/s). What
     // is left is housekeeping: the GPU utilization sampler (once a second until 10 s without
-    // GPU work; this node is younger), the idle-unload sweep, idle blocking threads exiting.
+    // GPU work; this node is younger), the idle sweep when a step falls due, idle blocking
+    // threads exiting.
     assert!(
         total <= 10,
         "the idle node woke up {total} times in 2 s: {woke:?}"

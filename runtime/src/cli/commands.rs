@@ -356,6 +356,7 @@ pub fn show(args: NameArgs) -> Result<ExitCode> {
         "max_gpu_concurrency",
         "gpu_budget",
         "loaded",
+        "residency",
         "env",
         "sha256",
         "component_bytes",

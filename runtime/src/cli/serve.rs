@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// Run one request per forward pass (no dynamic batching).
     #[arg(long)]
     pub no_batching: bool,
+    /// Park a function after this long without requests: give back its code pages and spare
+    /// sandboxes but keep it linked, so its next request starts without reloading; `0` never
+    /// parks. `fnctl deploy --keep-warm` exempts a function.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub idle_park: Duration,
     /// Unload a function's code after this long without requests (its next request is a cold
     /// start); `0` never unloads. `fnctl deploy --keep-warm` exempts a function.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -100,7 +105,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 force_cpu: args.cpu_backend,
             },
             usage_log_rotate_bytes: parse_size(&args.usage_log_size)?,
-            idle_unload: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
+            idle: crate::idle::IdlePolicy {
+                park_after: (!args.idle_park.is_zero()).then_some(args.idle_park),
+                unload_after: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
+            },
             max_gpu_concurrency: args.max_gpu_concurrency,
             spares: crate::sandbox::SparePolicy {
                 per_function: args.spare_sandboxes,

@@ -80,7 +80,7 @@ pub async fn serve(
     );
     tracing::info!("data in {}", data_dir.display());
 
-    let reaper = tokio::spawn(node.clone().unload_idle_functions());
+    let reaper = tokio::spawn(node.clone().sweep_idle_functions());
     let sampler = tokio::spawn(node.clone().sample_gpu_utilization());
     let loader = tokio::spawn({
         let node = node.clone();

@@ -1,0 +1,146 @@
+//! What happens to a function nobody calls: first it is parked, then unloaded.
+//!
+//! - **Loaded**: its pre-instantiated component is in memory, its code pages resident, and it
+//!   may have spare sandboxes ready.
+//! - **Parked** (after `--idle-park`): its spare sandboxes are dropped and its code pages are
+//!   handed back to the OS ([`crate::code_pages`]), but the component's metadata and its
+//!   linking stay (about 110 KiB for `hello`, 1.8 MiB of heap for a componentize-py one). The
+//!   next request faults back in only the pages it runs: no reload.
+//! - **Unloaded** (after `--idle-unload`): the component is dropped too, leaving a few KiB.
+//!   The next request reloads it from the precompiled artifact on disk: a cold start.
+//!
+//! `--keep-warm` functions stay loaded. The node's sweep ([`crate::node::Node::sweep_idle_functions`])
+//! sleeps until the next step falls due, and while nothing is loaded, until something is.
+
+use std::time::Duration;
+
+/// When idle functions are parked and unloaded; `None` turns a step off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdlePolicy {
+    /// Park a function after this long without requests.
+    pub park_after: Option<Duration>,
+    /// Unload a function after this long without requests.
+    pub unload_after: Option<Duration>,
+}
+
+/// Where a function's code is (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Residency {
+    /// In memory and resident.
+    Loaded,
+    /// In memory, its code pages and spare sandboxes given back.
+    Parked,
+    /// Only on disk.
+    Unloaded,
+}
+
+/// A step taken on an idle function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleStep {
+    /// Give back its code pages and spare sandboxes.
+    Park,
+    /// Drop its component.
+    Unload,
+}
+
+impl IdlePolicy {
+    /// Neither parks nor unloads.
+    pub const NEVER: IdlePolicy = IdlePolicy {
+        park_after: None,
+        unload_after: None,
+    };
+
+    /// Whether it ever unloads (then a restarted node leaves functions unloaded until asked).
+    pub fn unloads(&self) -> bool {
+        self.unload_after.is_some()
+    }
+
+    /// The step due for a function in `residency` that has been idle for `idle`, if any.
+    /// Unloading wins over parking when both are due.
+    pub fn due(&self, residency: Residency, idle: Duration) -> Option<IdleStep> {
+        let reached = |after: Option<Duration>| after.is_some_and(|after| idle >= after);
+        match residency {
+            Residency::Unloaded => None,
+            _ if reached(self.unload_after) => Some(IdleStep::Unload),
+            Residency::Loaded if reached(self.park_after) => Some(IdleStep::Park),
+            _ => None,
+        }
+    }
+
+    /// How much longer until a step falls due for a function in `residency` idle for `idle`;
+    /// `None` when none ever will (without a request in between).
+    pub fn next_due_in(&self, residency: Residency, idle: Duration) -> Option<Duration> {
+        let park = match residency {
+            Residency::Loaded => self.park_after,
+            _ => None,
+        };
+        let unload = match residency {
+            Residency::Unloaded => None,
+            _ => self.unload_after,
+        };
+        [park, unload]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|after| after.saturating_sub(idle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn policy(park: Option<u64>, unload: Option<u64>) -> IdlePolicy {
+        IdlePolicy {
+            park_after: park.map(S),
+            unload_after: unload.map(S),
+        }
+    }
+
+    #[test]
+    fn a_loaded_function_is_parked_then_unloaded() {
+        let p = policy(Some(30), Some(300));
+        assert_eq!(p.due(Residency::Loaded, S(29)), None);
+        assert_eq!(p.due(Residency::Loaded, S(30)), Some(IdleStep::Park));
+        assert_eq!(p.due(Residency::Parked, S(100)), None);
+        assert_eq!(p.due(Residency::Parked, S(300)), Some(IdleStep::Unload));
+        assert_eq!(p.due(Residency::Unloaded, S(1000)), None);
+    }
+
+    #[test]
+    fn unloading_wins_when_both_are_due() {
+        let p = policy(Some(30), Some(300));
+        assert_eq!(p.due(Residency::Loaded, S(400)), Some(IdleStep::Unload));
+        // Parking after unloading never happens.
+        let p = policy(Some(300), Some(30));
+        assert_eq!(p.due(Residency::Loaded, S(30)), Some(IdleStep::Unload));
+    }
+
+    #[test]
+    fn steps_that_are_off_never_fall_due() {
+        let p = policy(None, Some(300));
+        assert_eq!(p.due(Residency::Loaded, S(299)), None);
+        assert_eq!(p.next_due_in(Residency::Loaded, S(100)), Some(S(200)));
+        let p = policy(Some(30), None);
+        assert_eq!(p.due(Residency::Parked, S(10_000)), None);
+        assert_eq!(p.next_due_in(Residency::Parked, S(0)), None);
+        assert_eq!(IdlePolicy::NEVER.next_due_in(Residency::Loaded, S(0)), None);
+        assert!(!p.unloads());
+    }
+
+    #[test]
+    fn the_next_step_is_the_nearest_one_still_ahead() {
+        let p = policy(Some(30), Some(300));
+        assert_eq!(p.next_due_in(Residency::Loaded, S(10)), Some(S(20)));
+        assert_eq!(p.next_due_in(Residency::Parked, S(40)), Some(S(260)));
+        assert_eq!(p.next_due_in(Residency::Unloaded, S(0)), None);
+        // Overdue: due now.
+        assert_eq!(
+            p.next_due_in(Residency::Loaded, S(50)),
+            Some(Duration::ZERO)
+        );
+    }
+}
