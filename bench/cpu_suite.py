@@ -285,83 +285,100 @@ class Probe:
 IDLE_SECONDS = 1.2
 
 
+def first_requests_after_idle(node, peer, residency, args):
+    """For `hello` and `embed`: the first request once the function reached `residency`
+    ("unloaded" or "parked") after the same idle time as a `--keep-warm` copy and (hello)
+    `wasmtime serve`."""
+    node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
+    node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello-warm", "keep_warm=true")
+    node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
+    node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed-warm", "keep_warm=true")
+    node.add_model("minilm", MODEL_DIR)
+    embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
+    out = {}
+    for name, body in (("hello", None), ("embed", embed_body)):
+        path, warm_path = f"/fn/{name}/", f"/fn/{name}-warm/"
+        client = Probe(f"http://{node.public}/", body)
+        warm_client = Probe(f"http://{node.public}/", body)
+        peer_client = Probe(peer.url("/")) if name == "hello" else None
+        try:
+            for _ in range(5):
+                client.get(path)
+                warm_client.get(warm_path)
+                if peer_client:
+                    peer_client.get("/")
+            warm = [client.get(path) for _ in range(args.cold_runs * 5)]
+            peer_warm = [peer_client.get("/") for _ in range(args.cold_runs * 5)] if peer_client else []
+            cold, idle_warm, idle_peer = [], [], []
+            for _ in range(args.cold_runs):
+                deadline = time.time() + 30
+                while node.admin_call("GET", f"/v1/functions/{name}")["residency"] != residency:
+                    if time.time() > deadline:
+                        raise RuntimeError(f"{name} never became {residency}")
+                    time.sleep(0.1)
+                time.sleep(IDLE_SECONDS)
+                cold.append(client.get(path))
+                time.sleep(IDLE_SECONDS)
+                idle_warm.append(warm_client.get(warm_path))
+                if peer_client:
+                    time.sleep(IDLE_SECONDS)
+                    idle_peer.append(peer_client.get("/"))
+        finally:
+            for c in (client, warm_client, peer_client):
+                if c:
+                    c.close()
+        r = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
+             "cold_p99_ms": max(cold), "runs": len(cold), "idle_seconds": IDLE_SECONDS,
+             "idle_warm_ms": statistics.median(idle_warm)}
+        r["cold_minus_warm_ms"] = r["cold_ms"] - r["warm_ms"]
+        r["cold_minus_idle_warm_ms"] = r["cold_ms"] - r["idle_warm_ms"]
+        if idle_peer:
+            r["wasmtime_serve_warm_ms"] = statistics.median(peer_warm)
+            r["wasmtime_serve_idle_ms"] = statistics.median(idle_peer)
+        out[name] = r
+        log(f"  {name} {residency}: warm {r['warm_ms']:.3f} ms; after {IDLE_SECONDS} s idle: first request "
+            f"{r['cold_ms']:.3f} ms, kept warm {r['idle_warm_ms']:.3f} ms"
+            + (f", wasmtime serve {r['wasmtime_serve_idle_ms']:.3f} ms" if idle_peer else ""))
+    return out
+
+
 def bench_cold(args):
     """First request after scale to zero vs a warm one, timed by a native client. Every idle
-    figure is a request after the same 1.2 s of idleness: to the unloaded function, to a
-    `--keep-warm` copy of it (so what the machine loses by sitting idle, such as cold caches
-    and parked threads, is not charged to unloading) and, for `hello`, to `wasmtime serve` of
-    the same component (the peer, which never unloads)."""
-    node = FlintNode("--idle-unload", "1s")
+    figure is a request after the same 1.2 s of idleness: to the unloaded (or parked) function,
+    to a `--keep-warm` copy of it (so what the machine loses by sitting idle, such as cold
+    caches and parked threads, is not charged to unloading) and, for `hello`, to `wasmtime
+    serve` of the same component (the peer, which never unloads). Unloaded functions reload
+    from disk; parked ones (a node with `--idle-park 1s` and unloading off) only fault their
+    code pages back in."""
     peer = WasmtimeServe(os.path.join(GUESTS, "hello.wasm"))
     try:
-        node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
-        node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello-warm", "keep_warm=true")
-        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
-        node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed-warm", "keep_warm=true")
-        node.add_model("minilm", MODEL_DIR)
-        embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
-        out = {}
-        for name, body in (("hello", None), ("embed", embed_body)):
-            path, warm_path = f"/fn/{name}/", f"/fn/{name}-warm/"
-            client = Probe(f"http://{node.public}/", body)
-            warm_client = Probe(f"http://{node.public}/", body)
-            peer_client = Probe(peer.url("/")) if name == "hello" else None
-            try:
-                for _ in range(5):
-                    client.get(path)
-                    warm_client.get(warm_path)
-                    if peer_client:
-                        peer_client.get("/")
-                warm = [client.get(path) for _ in range(args.cold_runs * 5)]
-                peer_warm = [peer_client.get("/") for _ in range(args.cold_runs * 5)] if peer_client else []
-                cold, idle_warm, idle_peer = [], [], []
-                for _ in range(args.cold_runs):
-                    deadline = time.time() + 30
-                    while node.admin_call("GET", f"/v1/functions/{name}")["loaded"]:
-                        if time.time() > deadline:
-                            raise RuntimeError("never unloaded")
-                        time.sleep(0.1)
-                    time.sleep(IDLE_SECONDS)
-                    cold.append(client.get(path))
-                    time.sleep(IDLE_SECONDS)
-                    idle_warm.append(warm_client.get(warm_path))
-                    if peer_client:
-                        time.sleep(IDLE_SECONDS)
-                        idle_peer.append(peer_client.get("/"))
-            finally:
-                for c in (client, warm_client, peer_client):
-                    if c:
-                        c.close()
-            r = {"warm_ms": statistics.median(warm), "cold_ms": statistics.median(cold),
-                 "cold_p99_ms": max(cold), "runs": len(cold), "idle_seconds": IDLE_SECONDS,
-                 "idle_warm_ms": statistics.median(idle_warm)}
-            r["cold_minus_warm_ms"] = r["cold_ms"] - r["warm_ms"]
-            r["cold_minus_idle_warm_ms"] = r["cold_ms"] - r["idle_warm_ms"]
-            if idle_peer:
-                r["wasmtime_serve_warm_ms"] = statistics.median(peer_warm)
-                r["wasmtime_serve_idle_ms"] = statistics.median(idle_peer)
-            out[name] = r
-            log(f"  {name}: warm {r['warm_ms']:.3f} ms; after {IDLE_SECONDS} s idle: cold {r['cold_ms']:.3f} ms, "
-                f"kept warm {r['idle_warm_ms']:.3f} ms"
-                + (f", wasmtime serve {r['wasmtime_serve_idle_ms']:.3f} ms" if idle_peer else ""))
-        stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
-        out["hello"]["cold_starts_counted"] = stats["cold_starts"]
-        # Deploy to first answer: upload + validate + compile + first request.
-        deploys = []
-        hello_wasm = os.path.join(GUESTS, "hello.wasm")
-        host, port = node.public.split(":")
-        conn = http.client.HTTPConnection(host, int(port))
-        for i in range(args.cold_runs):
-            started = time.perf_counter()
-            node.deploy(hello_wasm, f"fresh-{i}")
-            timed_get(conn, f"/fn/fresh-{i}/")
-            deploys.append((time.perf_counter() - started) * 1000)
-        conn.close()
-        out["deploy_to_first_answer_ms"] = statistics.median(deploys)
-        log(f"  deploy to first answer: {out['deploy_to_first_answer_ms']:.1f} ms")
+        node = FlintNode("--idle-unload", "1s", "--idle-park", "0")
+        try:
+            out = first_requests_after_idle(node, peer, "unloaded", args)
+            stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
+            out["hello"]["cold_starts_counted"] = stats["cold_starts"]
+            # Deploy to first answer: upload + validate + compile + first request.
+            deploys = []
+            hello_wasm = os.path.join(GUESTS, "hello.wasm")
+            host, port = node.public.split(":")
+            conn = http.client.HTTPConnection(host, int(port))
+            for i in range(args.cold_runs):
+                started = time.perf_counter()
+                node.deploy(hello_wasm, f"fresh-{i}")
+                timed_get(conn, f"/fn/fresh-{i}/")
+                deploys.append((time.perf_counter() - started) * 1000)
+            conn.close()
+            out["deploy_to_first_answer_ms"] = statistics.median(deploys)
+            log(f"  deploy to first answer: {out['deploy_to_first_answer_ms']:.1f} ms")
+        finally:
+            node.close()
+        node = FlintNode("--idle-park", "1s", "--idle-unload", "0")
+        try:
+            out["parked"] = first_requests_after_idle(node, peer, "parked", args)
+        finally:
+            node.close()
         return out
     finally:
-        node.close()
         peer.close()
 
 
@@ -437,7 +454,8 @@ def bench_idle(args):
 
 def bench_density(args):
     """Node RSS with N deployed `hello` functions: just deployed (loaded), after they were
-    idle-unloaded (scale to zero), and after a restart (functions start unloaded)."""
+    idle-unloaded (scale to zero), after a restart (functions start unloaded), and after each
+    was called once on the restarted node and then parked."""
     out = {}
     wasm = os.path.join(GUESTS, "hello.wasm")
     for count in args.density:
@@ -467,14 +485,24 @@ def bench_density(args):
             idle = rss_bytes(node.proc.pid)
             node.close()
             started = time.time()
-            restarted = FlintNode("--idle-unload", "5s", log_level="warn", data=data)
+            restarted = FlintNode("--idle-park", "2s", "--idle-unload", "1h", log_level="warn", data=data)
             restart_s = time.time() - started
             conn_host, conn_port = restarted.public.split(":")
             conn = http.client.HTTPConnection(conn_host, int(conn_port))
             timed_get(conn, f"/fn/f{count - 1}/")  # they serve after the restart
-            conn.close()
             time.sleep(1)
             after_restart = rss_bytes(restarted.proc.pid)
+            # Every function called once, then parked: what a parked function keeps.
+            for i in range(count):
+                timed_get(conn, f"/fn/f{i}/")
+            conn.close()
+            deadline = time.time() + 120
+            while any(f["residency"] != "parked" for f in restarted.admin_call("GET", "/v1/functions")["functions"]):
+                if time.time() > deadline:
+                    raise RuntimeError("functions never parked")
+                time.sleep(1)
+            time.sleep(1)
+            parked = rss_bytes(restarted.proc.pid)
             per = lambda rss: (rss - empty) / count / 1024
             out[str(count)] = {
                 "empty_node_rss_mib": empty / 2**20,
@@ -482,11 +510,13 @@ def bench_density(args):
                 "loaded_per_function_kib": per(loaded),
                 "idle_rss_mib": idle / 2**20, "idle_per_function_kib": per(idle),
                 "restarted_rss_mib": after_restart / 2**20, "restarted_per_function_kib": per(after_restart),
+                "parked_rss_mib": parked / 2**20, "parked_per_function_kib": per(parked),
                 "deploy_seconds": deploy_s, "restart_to_ready_seconds": restart_s}
             log(f"  {count} functions: empty node {empty / 2**20:.1f} MiB; just deployed "
                 f"{loaded / 2**20:.1f} MiB ({loaded_count} loaded); idle-unloaded {idle / 2**20:.1f} MiB "
                 f"({per(idle):.1f} KiB each); restarted {after_restart / 2**20:.1f} MiB "
-                f"({per(after_restart):.1f} KiB each); deploying took {deploy_s:.1f} s, restart {restart_s:.1f} s")
+                f"({per(after_restart):.1f} KiB each); all called once, then parked {parked / 2**20:.1f} MiB "
+                f"({per(parked):.1f} KiB each); deploying took {deploy_s:.1f} s, restart {restart_s:.1f} s")
         finally:
             node.close() if node.proc.poll() is None else None
             if restarted:
@@ -643,9 +673,10 @@ def print_table(results):
                              f"{r['wasmtime_serve']['p50_ms']:.3f} / {r['wasmtime_serve']['p99_ms']:.3f}", "", ""))
     c = results.get("cold")
     if c:
-        for name in ("hello", "embed"):
-            r = c[name]
-            rows.append((f"{name}: first request after scale to zero", f"{r['cold_ms']:.3f} ms",
+        cases = [(name, c[name], "scale to zero (unloaded)") for name in ("hello", "embed")]
+        cases += [(name, c["parked"][name], "parking") for name in ("hello", "embed") if "parked" in c]
+        for name, r, after in cases:
+            rows.append((f"{name}: first request after {after}", f"{r['cold_ms']:.3f} ms",
                          f"warm {r['warm_ms']:.3f} ms", f"{r['cold_minus_warm_ms']:+.3f} ms", "<= 1 ms"))
             if "idle_warm_ms" in r:
                 rows.append((f"{name}: ... vs kept warm, same idle time", f"{r['cold_ms']:.3f} ms",
@@ -671,6 +702,9 @@ def print_table(results):
                          growth("idle_rss_mib"), "", "10k in <= 1 GiB"))
             rows.append((f"node RSS, {count} idle functions after restart", f"{r['restarted_rss_mib']:.1f} MiB",
                          growth("restarted_rss_mib"), "", "10k in <= 1 GiB"))
+            if "parked_rss_mib" in r:
+                rows.append((f"node RSS, {count} parked functions", f"{r['parked_rss_mib']:.1f} MiB",
+                             growth("parked_rss_mib"), "", ""))
             rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
                          f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
             previous = count
