@@ -26,7 +26,7 @@ pub struct LoadedFunction {
     pub env: Arc<[(String, String)]>,
     /// The pre-instantiated component; `None` while unloaded for being idle.
     code: std::sync::Mutex<Option<ProxyPre<InvocationState>>>,
-    /// Whether its code pages and spares were given back (see [`crate::idle`]).
+    /// Whether its code pages were given back (see [`crate::idle`]).
     parked: std::sync::atomic::AtomicBool,
     /// Told when its code becomes resident again, so that the idle sweep schedules it.
     wake_sweep: Arc<tokio::sync::Notify>,
@@ -223,9 +223,9 @@ impl LoadedFunction {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()?;
-        self.spares.clear();
         match step {
             IdleStep::Unload => {
+                self.spares.clear();
                 self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
             }
             IdleStep::Park => {

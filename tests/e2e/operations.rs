@@ -341,11 +341,22 @@ fn resident_code_bytes(node: &Node, artifact: &std::path::Path) -> u64 {
 
 #[test]
 fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
-    let node = Node::start_with(&["--idle-park", "500ms", "--idle-unload", "4s"]);
+    // Spares for every function, so that what happens to them is seen.
+    let node = Node::start_with(&[
+        "--idle-park",
+        "500ms",
+        "--idle-unload",
+        "4s",
+        "--spare-after",
+        "0",
+    ]);
     node.deploy(&guests().hello, "hello", &[]);
     node.deploy(&guests().hello, "warm", &["--keep-warm"]);
     assert_eq!(node.get("/fn/hello/?name=first").status, 200);
     assert_eq!(node.get("/fn/warm/").status, 200);
+    node.wait_for_function("hello", "2 spares", Duration::from_secs(20), |f| {
+        f["spare_sandboxes"] == 2
+    });
     let artifact = node.data.join("functions/hello/versions/1/component.cwasm");
     let code_before = resident_code_bytes(&node, &artifact);
     assert!(
@@ -367,7 +378,10 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
         hello["loaded"], true,
         "a parked function keeps its component"
     );
-    assert_eq!(hello["spare_sandboxes"], 0, "parking drops spare sandboxes");
+    assert_eq!(
+        hello["spare_sandboxes"], 2,
+        "a parked function keeps its spares"
+    );
     assert_eq!(
         resident_code_bytes(&node, &artifact),
         0,
@@ -402,6 +416,11 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
     node.wait_for_function("hello", "unloaded", Duration::from_secs(20), |f| {
         f["residency"] == "unloaded"
     });
+    assert_eq!(
+        node.function("hello")["spare_sandboxes"],
+        0,
+        "unloading drops the spares"
+    );
     assert!(
         !node.log().contains("reloaded after being idle"),
         "{}",
@@ -417,7 +436,7 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
 
 #[test]
 fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
-    let node = Node::start_with(&["--idle-unload", "300ms"]);
+    let node = Node::start_with(&["--idle-unload", "300ms", "--spare-after", "0"]);
     node.deploy(&guests().hello, "hello", &[]);
     node.deploy(&guests().hello, "warm", &["--keep-warm"]);
     assert_eq!(node.get("/fn/hello/?name=first").status, 200);

@@ -42,9 +42,9 @@ pub struct ServeArgs {
     /// Run one request per forward pass (no dynamic batching).
     #[arg(long)]
     pub no_batching: bool,
-    /// Park a function after this long without requests: give back its code pages and spare
-    /// sandboxes but keep it linked, so its next request starts without reloading; `0` never
-    /// parks. `fnctl deploy --keep-warm` exempts a function.
+    /// Park a function after this long without requests: give back its code pages but keep it
+    /// linked, so its next request starts without reloading; `0` never parks. `fnctl deploy
+    /// --keep-warm` exempts a function.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub idle_park: Duration,
     /// Unload a function's code after this long without requests (its next request is a cold
