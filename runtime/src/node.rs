@@ -101,7 +101,8 @@ pub struct Node {
     /// The node-wide cap on spare sandboxes.
     spare_budget: Arc<crate::sandbox::SpareBudget>,
     epoch: EpochTicker,
-    /// Wakes the idle sweep when a function's code becomes resident.
+    /// Wakes the idle sweep when a function is deployed or loaded, or called after being
+    /// parked or unloaded: one more to schedule.
     wake_sweep: Arc<tokio::sync::Notify>,
 }
 
@@ -603,6 +604,7 @@ impl Node {
         let settings = &manifest.settings;
         let mut routes = vec![format!("/fn/{}", manifest.name)];
         routes.extend(settings.routes.iter().cloned());
+        let residency = function.residency();
         let url = match self.public_addr.get() {
             Some(addr) => format!("http://{addr}/fn/{}/", manifest.name),
             None => format!("/fn/{}/", manifest.name),
@@ -626,8 +628,8 @@ impl Node {
             uses_gpu: function.uses_gpu,
             max_gpu_concurrency: settings.max_gpu_concurrency,
             gpu_budget: settings.gpu_budget.map(|b| b.render()),
-            loaded: function.residency() != crate::idle::Residency::Unloaded,
-            residency: function.residency(),
+            loaded: residency != crate::idle::Residency::Unloaded,
+            residency,
             env: settings.env.iter().map(|(k, _)| k.clone()).collect(),
             sha256: manifest.sha256.clone(),
             component_bytes: manifest.component_bytes,
@@ -733,9 +735,9 @@ impl Node {
             deployed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
         };
-        let registry = self.registry.clone();
         let node = self.clone();
         let (manifest, pre) = tokio::task::spawn_blocking(move || {
+            let registry = &node.registry;
             registry.add_version(&mut manifest, &component, &artifact)?;
             // Serve the stored artifact, as after a restart, rather than the compiled copy: its
             // code pages are then file-backed (reclaimable, and handed back when parked)
