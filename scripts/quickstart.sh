@@ -42,7 +42,12 @@ echo "==> deploying the examples"
 "$FNCTL" deploy "$EXAMPLES/matmul.wasm" --name matmul
 "$FNCTL" deploy "$EXAMPLES/vector_add.wasm" --name vector-add --allow-kernels
 "$FNCTL" deploy "$EXAMPLES/embed.wasm" --name embed
-"$FNCTL" model add minilm target/models/all-MiniLM-L6-v2
+# The data dir outlives the node: on a second run the model is still registered.
+if "$FNCTL" model ls | awk '{print $1}' | grep -qx minilm; then
+    echo "(model minilm is already registered in $DATA)"
+else
+    "$FNCTL" model add minilm target/models/all-MiniLM-L6-v2
+fi
 "$FNCTL" ls
 "$FNCTL" model ls
 "$FNCTL" gpu
