@@ -187,9 +187,14 @@ impl LoadedFunction {
     /// Drops the loaded code unless the function is `--keep-warm` (at start, before it serves).
     pub fn unload_unless_warm(&self) {
         if !self.manifest.settings.keep_warm {
-            self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
-            self.spares.clear();
+            self.unload();
         }
+    }
+
+    /// Drops its spare sandboxes and its component: the next request reloads it.
+    fn unload(&self) {
+        self.spares.clear();
+        self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// How long nothing has run or waited here; `None` for a `--keep-warm` function, which
@@ -218,17 +223,14 @@ impl LoadedFunction {
     /// reads `/proc/self/pagemap`: call it from a blocking thread.
     pub fn take_idle_step(&self, policy: &IdlePolicy) -> Option<IdleStep> {
         let step = policy.due(self.residency(), self.idle_time()?)?;
-        let pre = self
-            .code
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()?;
         match step {
-            IdleStep::Unload => {
-                self.spares.clear();
-                self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
-            }
+            IdleStep::Unload => self.unload(),
             IdleStep::Park => {
+                let pre = self
+                    .code
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()?;
                 self.parked.store(true, Ordering::Relaxed);
                 // A request that arrives meanwhile faults back what it needs.
                 let image = pre.instance_pre().component().image_range();
