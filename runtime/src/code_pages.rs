@@ -35,21 +35,27 @@ pub fn release(image: Range<*const u8>) -> std::io::Result<usize> {
     }
 }
 
+/// The `/proc/self/pagemap` entries of `count` pages from page number `first`.
+#[cfg(target_os = "linux")]
+fn pagemap_entries(first: usize, count: usize) -> std::io::Result<Vec<u64>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; count * 8];
+    std::fs::File::open("/proc/self/pagemap")?.read_exact_at(&mut bytes, (first * 8) as u64)?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|entry| u64::from_ne_bytes(entry.try_into().expect("8 bytes")))
+        .collect())
+}
+
 #[cfg(target_os = "linux")]
 fn release_linux(start: usize, end: usize) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
     let first = start / PAGE;
     let last = end.div_ceil(PAGE);
     if last <= first {
         return Ok(0);
     }
-    let mut entries = vec![0u8; (last - first) * 8];
-    let pagemap = std::fs::File::open("/proc/self/pagemap")?;
-    pagemap.read_exact_at(&mut entries, (first * 8) as u64)?;
-    let entry = |page: usize| {
-        let at = (page - first) * 8;
-        u64::from_ne_bytes(entries[at..at + 8].try_into().expect("8 bytes"))
-    };
+    let entries = pagemap_entries(first, last - first)?;
+    let entry = |page: usize| entries[page - first];
     // A page may go when it is the file's (or absent: dropping it does nothing); a private
     // copy, resident or swapped out, must stay.
     let droppable = |bits: u64| {
@@ -97,13 +103,7 @@ mod tests {
 
     /// Whether the page at `addr` is mapped into this process now.
     fn resident(addr: usize) -> bool {
-        use std::os::unix::fs::FileExt;
-        let mut entry = [0u8; 8];
-        std::fs::File::open("/proc/self/pagemap")
-            .unwrap()
-            .read_exact_at(&mut entry, (addr / PAGE * 8) as u64)
-            .unwrap();
-        u64::from_ne_bytes(entry) & PRESENT != 0
+        pagemap_entries(addr / PAGE, 1).unwrap()[0] & PRESENT != 0
     }
 
     #[test]
