@@ -124,6 +124,21 @@ class FlintNode:
             component = f.read()
         return self.admin_call("POST", f"/v1/functions/{name}/versions?{query}", component, "application/wasm")
 
+    def wait_for_residency(self, residency, name=None, timeout=120, poll=1.0):
+        """Waits until function `name` (or every function) is `residency`: "loaded", "parked"
+        or "unloaded"."""
+        deadline = time.time() + timeout
+        while True:
+            if name:
+                functions = [self.admin_call("GET", f"/v1/functions/{name}")]
+            else:
+                functions = self.admin_call("GET", "/v1/functions")["functions"]
+            if all(f["residency"] == residency for f in functions):
+                return
+            if time.time() > deadline:
+                raise RuntimeError(f"{name or 'the functions'} never became {residency}")
+            time.sleep(poll)
+
     def add_model(self, name, path):
         return self.admin_call("POST", f"/v1/models/{name}", json.dumps({"path": path}).encode())
 
@@ -311,11 +326,7 @@ def first_requests_after_idle(node, peer, residency, args):
             peer_warm = [peer_client.get("/") for _ in range(args.cold_runs * 5)] if peer_client else []
             cold, idle_warm, idle_peer = [], [], []
             for _ in range(args.cold_runs):
-                deadline = time.time() + 30
-                while node.admin_call("GET", f"/v1/functions/{name}")["residency"] != residency:
-                    if time.time() > deadline:
-                        raise RuntimeError(f"{name} never became {residency}")
-                    time.sleep(0.1)
+                node.wait_for_residency(residency, name, timeout=30, poll=0.1)
                 time.sleep(IDLE_SECONDS)
                 cold.append(client.get(path))
                 time.sleep(IDLE_SECONDS)
@@ -476,11 +487,7 @@ def bench_density(args):
             conn.close()
             loaded = rss_bytes(node.proc.pid)
             loaded_count = sum(f["loaded"] for f in node.admin_call("GET", "/v1/functions")["functions"])
-            deadline = time.time() + 120
-            while any(f["loaded"] for f in node.admin_call("GET", "/v1/functions")["functions"]):
-                if time.time() > deadline:
-                    raise RuntimeError("functions never unloaded")
-                time.sleep(1)
+            node.wait_for_residency("unloaded")
             time.sleep(1)
             idle = rss_bytes(node.proc.pid)
             node.close()
@@ -496,11 +503,7 @@ def bench_density(args):
             for i in range(count):
                 timed_get(conn, f"/fn/f{i}/")
             conn.close()
-            deadline = time.time() + 120
-            while any(f["residency"] != "parked" for f in restarted.admin_call("GET", "/v1/functions")["functions"]):
-                if time.time() > deadline:
-                    raise RuntimeError("functions never parked")
-                time.sleep(1)
+            restarted.wait_for_residency("parked")
             time.sleep(1)
             parked = rss_bytes(restarted.proc.pid)
             per = lambda rss: (rss - empty) / count / 1024
