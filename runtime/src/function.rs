@@ -249,17 +249,19 @@ impl LoadedFunction {
     }
 
     /// Loads a version from disk: deserializes the precompiled artifact, or — if it was made by
-    /// another engine build — recompiles the component and returns the new artifact to store.
+    /// another engine build or is damaged — recompiles the component, hands the new artifact to
+    /// `store_artifact` (which replaces the old one) and serves that stored file, so that its
+    /// code is file-backed like every other function's and parking can hand it back.
     pub fn load(
         engine: &Engine,
         linker: &Linker<InvocationState>,
         manifest: Manifest,
         paths: &VersionPaths,
         share: NodeShare,
-    ) -> Result<(Self, Option<Vec<u8>>)> {
-        let loaded = deserialize_artifact(engine, &paths.artifact);
-        let (component, new_artifact) = match loaded {
-            Ok(component) => (component, None),
+        store_artifact: impl FnOnce(&[u8]) -> Result<()>,
+    ) -> Result<Self> {
+        let component = match deserialize_artifact(engine, &paths.artifact) {
+            Ok(component) => component,
             Err(error) => {
                 tracing::warn!(
                     function = %manifest.name,
@@ -268,15 +270,20 @@ impl LoadedFunction {
                 );
                 let bytes = std::fs::read(&paths.component)
                     .with_context(|| format!("reading {}", paths.component.display()))?;
-                let component = compile(engine, &bytes)?;
-                let artifact = component.serialize().map_err(|e| anyhow!(e))?;
-                (component, Some(artifact))
+                let artifact = compile(engine, &bytes)?
+                    .serialize()
+                    .map_err(|e| anyhow!(e))?;
+                store_artifact(&artifact)?;
+                deserialize_artifact(engine, &paths.artifact)
+                    .context("loading the artifact just recompiled")?
             }
         };
         let pre = pre_instantiate(linker, &component)?;
-        Ok((
-            LoadedFunction::new(manifest, pre, paths.artifact.clone(), share),
-            new_artifact,
+        Ok(LoadedFunction::new(
+            manifest,
+            pre,
+            paths.artifact.clone(),
+            share,
         ))
     }
 }

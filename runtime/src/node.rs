@@ -549,18 +549,15 @@ impl Node {
     fn load_version(&self, name: &str, version: u64) -> Result<LoadedFunction> {
         let manifest = self.registry.manifest(name, version)?;
         let paths = self.registry.paths(name, version);
-        let (function, new_artifact) = LoadedFunction::load(
+        LoadedFunction::load(
             &self.engine,
             &self.linker,
             manifest,
             &paths,
             self.share(name),
+            |artifact| self.registry.replace_artifact(name, version, artifact),
         )
-        .with_context(|| format!("loading `{name}` version {version}"))?;
-        if let Some(artifact) = new_artifact {
-            self.registry.replace_artifact(name, version, &artifact)?;
-        }
-        Ok(function)
+        .with_context(|| format!("loading `{name}` version {version}"))
     }
 
     /// Whether every deployed function has been loaded (what `/readyz` reports).

@@ -38,6 +38,41 @@ fn functions_serve_again_after_restart_without_recompiling() {
 }
 
 #[test]
+fn a_damaged_artifact_is_recompiled_stored_and_served_from_its_file() {
+    let mut node = Node::start();
+    // --keep-warm: it stays loaded after the restart, so its code can be looked at.
+    node.deploy(&guests().hello, "hello", &["--keep-warm"]);
+    assert!(node.terminate().success());
+    let artifact = node.data.join("functions/hello/versions/1/component.cwasm");
+    std::fs::write(&artifact, b"\x7fELF but not an artifact").unwrap();
+
+    let data = node.data.clone();
+    let mut restarted = Node::start_in(&data, &[]);
+    let reply = restarted.get("/fn/hello/?name=again");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["message"], "Hello, again!");
+    assert!(
+        restarted.log().contains("recompiling"),
+        "{}",
+        restarted.log()
+    );
+    // The new artifact replaced the damaged one, and the code that serves is mapped from it
+    // (file-backed, so that the kernel can reclaim it and parking can hand it back), not the
+    // anonymous copy the compiler produced.
+    assert!(std::fs::metadata(&artifact).unwrap().len() > 1024);
+    assert!(
+        restarted.resident_code_bytes(&artifact) > 0,
+        "the recompiled function serves its stored artifact"
+    );
+    assert!(restarted.terminate().success());
+
+    let again = Node::start_in(&data, &[]);
+    assert_eq!(again.get("/fn/hello/").status, 200);
+    assert!(!again.log().contains("recompiling"), "{}", again.log());
+    drop((node, restarted));
+}
+
+#[test]
 fn kill_9_loses_nothing_that_was_deployed() {
     let mut node = Node::start();
     node.deploy(&guests().hello, "hello", &[]);

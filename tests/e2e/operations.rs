@@ -317,28 +317,6 @@ fn guest_output_shows_up_in_fnctl_logs_with_invocation_ids() {
     follower.wait().unwrap();
 }
 
-/// Resident bytes of the node's read-only mappings of `artifact`: the code wasmtime mapped from
-/// it (its writable mappings are linear-memory images inside instance slots).
-fn resident_code_bytes(node: &Node, artifact: &std::path::Path) -> u64 {
-    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", node.pid())).unwrap();
-    let artifact = artifact.to_str().unwrap();
-    let mut in_code = false;
-    let mut bytes = 0;
-    for line in smaps.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields
-            .first()
-            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
-        {
-            // A mapping's header: range, permissions, offset, device, inode, path.
-            in_code = fields.get(5) == Some(&artifact) && !fields[1].contains('w');
-        } else if in_code && fields.first() == Some(&"Rss:") {
-            bytes += fields[1].parse::<u64>().unwrap() * 1024;
-        }
-    }
-    bytes
-}
-
 #[test]
 fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
     // Spares for every function, so that what happens to them is seen.
@@ -358,7 +336,7 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
         f["spare_sandboxes"] == 2
     });
     let artifact = node.data.join("functions/hello/versions/1/component.cwasm");
-    let code_before = resident_code_bytes(&node, &artifact);
+    let code_before = node.resident_code_bytes(&artifact);
     assert!(
         code_before > 0,
         "a deployed function serves its stored artifact (file-backed code)"
@@ -383,7 +361,7 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
         "a parked function keeps its spares"
     );
     assert_eq!(
-        resident_code_bytes(&node, &artifact),
+        node.resident_code_bytes(&artifact),
         0,
         "parking hands its code pages back (before: {code_before} bytes)"
     );

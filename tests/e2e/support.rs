@@ -368,6 +368,29 @@ impl Node {
         self.child.as_ref().unwrap().id()
     }
 
+    /// Resident bytes of the node's read-only mappings of `artifact`: the code wasmtime mapped
+    /// from it (its writable mappings are linear-memory images inside instance slots). Zero
+    /// when the node serves no code from that file.
+    pub fn resident_code_bytes(&self, artifact: &Path) -> u64 {
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", self.pid())).unwrap();
+        let artifact = artifact.to_str().unwrap();
+        let mut in_code = false;
+        let mut bytes = 0;
+        for line in smaps.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields
+                .first()
+                .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+            {
+                // A mapping's header: range, permissions, offset, device, inode, path.
+                in_code = fields.get(5) == Some(&artifact) && !fields[1].contains('w');
+            } else if in_code && fields.first() == Some(&"Rss:") {
+                bytes += fields[1].parse::<u64>().unwrap() * 1024;
+            }
+        }
+        bytes
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("node running");
