@@ -37,8 +37,6 @@ pub struct LoadedFunction {
     /// Whether the artifact is small enough to reload on the request's own worker thread
     /// (see [`INLINE_RELOAD_MAX_BYTES`]).
     reload_inline: bool,
-    /// When it was last invoked, milliseconds since the Unix epoch.
-    last_used_ms: std::sync::atomic::AtomicU64,
     /// Admission control.
     pub scheduler: Scheduler,
     /// The GPU memory quota all running invocations of this version share, if set.
@@ -68,12 +66,6 @@ pub struct NodeShare {
 /// that sat idle. Larger ones (a 35 MB artifact takes about 2.5 ms) go to the blocking pool,
 /// so that they do not hold up the worker's other connections.
 pub const INLINE_RELOAD_MAX_BYTES: u64 = 1 << 20;
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 impl std::fmt::Debug for LoadedFunction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,7 +107,6 @@ impl LoadedFunction {
             reload: tokio::sync::Mutex::new(()),
             artifact,
             reload_inline,
-            last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
             spares: Arc::default(),
             manifest,
         }
@@ -142,7 +133,6 @@ impl LoadedFunction {
         &self,
         linker: &Arc<Linker<InvocationState>>,
     ) -> Result<(ProxyPre<InvocationState>, bool)> {
-        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
         if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::Relaxed) {
                 self.wake_sweep.notify_one();
@@ -197,20 +187,10 @@ impl LoadedFunction {
         self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// How long nothing has run or waited here; `None` for a `--keep-warm` function, which
-    /// never parks or unloads. A function with a request running or waiting counts as just
-    /// used.
+    /// How long nothing has run or waited here ([`Scheduler::idle_time`]); `None` for a
+    /// `--keep-warm` function, which never parks or unloads.
     fn idle_time(&self) -> Option<std::time::Duration> {
-        if self.manifest.settings.keep_warm {
-            return None;
-        }
-        if self.scheduler.running() > 0 || self.scheduler.queued() > 0 {
-            return Some(std::time::Duration::ZERO);
-        }
-        let last = self.last_used_ms.load(Ordering::Relaxed);
-        Some(std::time::Duration::from_millis(
-            now_ms().saturating_sub(last),
-        ))
+        (!self.manifest.settings.keep_warm).then(|| self.scheduler.idle_time())
     }
 
     /// How long until `policy` has a step due for this function; `None`: never, unless it is

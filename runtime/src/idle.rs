@@ -12,7 +12,9 @@
 //!   leaving a few KiB. The next request reloads it from the precompiled artifact on disk: a
 //!   cold start.
 //!
-//! `--keep-warm` functions stay loaded. The node's sweep ([`crate::node::Node::sweep_idle_functions`])
+//! A function is idle from the moment its last request finished (a request still running or
+//! waiting keeps it busy), see [`crate::scheduler::Scheduler::idle_time`]. `--keep-warm`
+//! functions stay loaded. The node's sweep ([`crate::node::Node::sweep_idle_functions`])
 //! sleeps until the next step falls due, and while nothing is loaded, until something is.
 
 use std::time::Duration;

@@ -6,9 +6,13 @@
 //! (`--max-gpu-concurrency`) and one of the node-wide GPU limit; waiting for any of them counts
 //! against the same bounded queue. Slots are always taken in the same order (function, its GPU
 //! limit, the node's), so waiters never deadlock.
+//!
+//! The scheduler also keeps the function's idle clock ([`Scheduler::idle_time`]), which the
+//! idle sweep reads to park and unload functions nobody calls ([`crate::idle`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// A limit on invocations running at once: the slots and how many there are.
@@ -49,7 +53,17 @@ pub struct Scheduler {
     node_gpu_slots: Option<Limit>,
     queue_depth: usize,
     queued: AtomicUsize,
-    running: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
+}
+
+/// What runs now, and when the last invocation finished: shared with every [`Admission`].
+#[derive(Debug)]
+struct Activity {
+    running: AtomicUsize,
+    /// The idle clock's origin: when the scheduler was made.
+    origin: Instant,
+    /// When the last invocation finished, as nanoseconds since `origin` (0: none yet).
+    last_finished_ns: AtomicU64,
 }
 
 /// Which limit a request is waiting for or was refused by.
@@ -72,16 +86,22 @@ pub enum Rejected {
     Closed,
 }
 
-/// A running slot; the slots free when this drops.
+/// A running slot; the slots free when this drops, and the idle clock restarts.
 #[derive(Debug)]
 pub struct Admission {
     _permits: Vec<OwnedSemaphorePermit>,
-    running: Arc<AtomicUsize>,
+    activity: Arc<Activity>,
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.running.fetch_sub(1, Ordering::AcqRel);
+        // The finish time is stored before the count drops, so that whoever sees nothing
+        // running also sees when it finished.
+        let finished = self.activity.origin.elapsed().as_nanos() as u64;
+        self.activity
+            .last_finished_ns
+            .fetch_max(finished, Ordering::Release);
+        self.activity.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -94,7 +114,11 @@ impl Scheduler {
             node_gpu_slots: None,
             queue_depth: queue_depth as usize,
             queued: AtomicUsize::new(0),
-            running: Arc::new(AtomicUsize::new(0)),
+            activity: Arc::new(Activity {
+                running: AtomicUsize::new(0),
+                origin: Instant::now(),
+                last_finished_ns: AtomicU64::new(0),
+            }),
         }
     }
 
@@ -151,16 +175,27 @@ impl Scheduler {
                 }
             }
         }
-        self.running.fetch_add(1, Ordering::AcqRel);
+        self.activity.running.fetch_add(1, Ordering::AcqRel);
         Ok(Admission {
             _permits: permits,
-            running: self.running.clone(),
+            activity: self.activity.clone(),
         })
     }
 
     /// Invocations running now.
     pub fn running(&self) -> usize {
-        self.running.load(Ordering::Acquire)
+        self.activity.running.load(Ordering::Acquire)
+    }
+
+    /// How long nothing has run or waited here: zero while something does, else the time
+    /// since the last invocation finished (since the scheduler was made, if none has). A long
+    /// request's idle time starts when it ends, not when it began.
+    pub fn idle_time(&self) -> Duration {
+        if self.running() > 0 || self.queued() > 0 {
+            return Duration::ZERO;
+        }
+        let finished = Duration::from_nanos(self.activity.last_finished_ns.load(Ordering::Acquire));
+        self.activity.origin.elapsed().saturating_sub(finished)
     }
 
     /// Requests waiting for a slot now.
@@ -188,7 +223,23 @@ impl Drop for LeaveQueue<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_idle_clock_restarts_when_an_invocation_finishes() {
+        let scheduler = Scheduler::new(2, 2);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(scheduler.idle_time() >= Duration::from_millis(20));
+        let admission = scheduler.admit().await.unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(scheduler.idle_time(), Duration::ZERO, "busy while it runs");
+        let finished = Instant::now();
+        drop(admission);
+        let idle = scheduler.idle_time();
+        assert!(
+            idle <= finished.elapsed(),
+            "idle {idle:?}: counted from the end of the invocation, not its start"
+        );
+    }
 
     #[tokio::test]
     async fn full_queue_rejects_instead_of_waiting() {
