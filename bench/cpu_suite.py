@@ -465,8 +465,9 @@ def bench_idle(args):
 
 def bench_density(args):
     """Node RSS with N deployed `hello` functions: just deployed (loaded), after they were
-    idle-unloaded (scale to zero), after a restart (functions start unloaded), and after each
-    was called once on the restarted node and then parked."""
+    idle-unloaded (scale to zero), after a restart (functions start unloaded), after each
+    was called once on the restarted node and then parked, and the same on a node restarted
+    with `--max-loaded N/10` (the least recently used unload beyond it)."""
     out = {}
     wasm = os.path.join(GUESTS, "hello.wasm")
     for count in args.density:
@@ -506,6 +507,27 @@ def bench_density(args):
             restarted.wait_for_residency("parked")
             time.sleep(1)
             parked = rss_bytes(restarted.proc.pid)
+            restarted.close()
+            # The same burst with a cap on loaded functions.
+            cap = max(1, count // 10)
+            restarted = FlintNode("--idle-park", "2s", "--idle-unload", "1h", "--max-loaded", str(cap),
+                                  log_level="warn", data=data)
+            conn_host, conn_port = restarted.public.split(":")
+            conn = http.client.HTTPConnection(conn_host, int(conn_port))
+            for i in range(count):
+                timed_get(conn, f"/fn/f{i}/")
+            conn.close()
+            deadline = time.time() + 120
+            while True:
+                residency = [f["residency"] for f in restarted.admin_call("GET", "/v1/functions")["functions"]]
+                if "loaded" not in residency:
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("the capped node's functions never parked")
+                time.sleep(1)
+            time.sleep(1)
+            capped = rss_bytes(restarted.proc.pid)
+            capped_parked = residency.count("parked")
             per = lambda rss: (rss - empty) / count / 1024
             out[str(count)] = {
                 "empty_node_rss_mib": empty / 2**20,
@@ -514,12 +536,16 @@ def bench_density(args):
                 "idle_rss_mib": idle / 2**20, "idle_per_function_kib": per(idle),
                 "restarted_rss_mib": after_restart / 2**20, "restarted_per_function_kib": per(after_restart),
                 "parked_rss_mib": parked / 2**20, "parked_per_function_kib": per(parked),
+                "max_loaded": cap, "capped_rss_mib": capped / 2**20, "capped_parked_functions": capped_parked,
+                "capped_per_function_kib": per(capped),
                 "deploy_seconds": deploy_s, "restart_to_ready_seconds": restart_s}
             log(f"  {count} functions: empty node {empty / 2**20:.1f} MiB; just deployed "
                 f"{loaded / 2**20:.1f} MiB ({loaded_count} loaded); idle-unloaded {idle / 2**20:.1f} MiB "
                 f"({per(idle):.1f} KiB each); restarted {after_restart / 2**20:.1f} MiB "
                 f"({per(after_restart):.1f} KiB each); all called once, then parked {parked / 2**20:.1f} MiB "
-                f"({per(parked):.1f} KiB each); deploying took {deploy_s:.1f} s, restart {restart_s:.1f} s")
+                f"({per(parked):.1f} KiB each); the same with --max-loaded {cap}: {capped / 2**20:.1f} MiB "
+                f"({capped_parked} parked, {per(capped):.1f} KiB each); deploying took {deploy_s:.1f} s, "
+                f"restart {restart_s:.1f} s")
         finally:
             node.close() if node.proc.poll() is None else None
             if restarted:
@@ -708,6 +734,9 @@ def print_table(results):
             if "parked_rss_mib" in r:
                 rows.append((f"node RSS, {count} parked functions", f"{r['parked_rss_mib']:.1f} MiB",
                              growth("parked_rss_mib"), "", ""))
+            if "capped_rss_mib" in r:
+                rows.append((f"node RSS, {count} called once, --max-loaded {r['max_loaded']}",
+                             f"{r['capped_rss_mib']:.1f} MiB", growth("capped_rss_mib"), "", ""))
             rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
                          f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
             previous = count

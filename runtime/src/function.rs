@@ -181,8 +181,14 @@ impl LoadedFunction {
         }
     }
 
+    /// How long it has been idle, if it may be unloaded to keep the node within
+    /// `--max-loaded` ([`crate::idle::beyond_cap`]); `None` while it is kept warm or busy.
+    pub fn idle_time_if_unloadable(&self) -> Option<std::time::Duration> {
+        self.idle_time().filter(|_| !self.scheduler.busy())
+    }
+
     /// Drops its spare sandboxes and its component: the next request reloads it.
-    fn unload(&self) {
+    pub fn unload(&self) {
         self.spares.clear();
         self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
     }

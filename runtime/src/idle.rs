@@ -12,6 +12,11 @@
 //!   leaving a few KiB. The next request reloads it from the precompiled artifact on disk: a
 //!   cold start.
 //!
+//! However recently they were called, at most `--max-loaded` functions keep their component in
+//! memory (loaded or parked): beyond that, the least recently used ones unload
+//! ([`beyond_cap`]), so that a burst of traffic to thousands of functions cannot hold them all
+//! in memory until `--idle-unload`.
+//!
 //! A function is idle from the moment its last request finished (a request still running or
 //! waiting keeps it busy), see [`crate::scheduler::Scheduler::idle_time`]. `--keep-warm`
 //! functions stay loaded. The node's sweep ([`crate::node::Node::sweep_idle_functions`])
@@ -26,6 +31,9 @@ pub struct IdlePolicy {
     pub park_after: Option<Duration>,
     /// Unload a function after this long without requests.
     pub unload_after: Option<Duration>,
+    /// Keep at most this many functions loaded or parked; unload the least recently used
+    /// beyond it.
+    pub max_loaded: Option<usize>,
 }
 
 /// Where a function's code is (see the module docs).
@@ -33,11 +41,22 @@ pub struct IdlePolicy {
 #[serde(rename_all = "lowercase")]
 pub enum Residency {
     /// In memory and resident.
-    Loaded,
+    Loaded = 0,
     /// In memory, its code pages given back.
-    Parked,
+    Parked = 1,
     /// Only on disk.
-    Unloaded,
+    Unloaded = 2,
+}
+
+impl Residency {
+    /// Its name in the admin API and in metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Residency::Loaded => "loaded",
+            Residency::Parked => "parked",
+            Residency::Unloaded => "unloaded",
+        }
+    }
 }
 
 /// A step taken on an idle function.
@@ -54,11 +73,12 @@ impl IdlePolicy {
     pub const NEVER: IdlePolicy = IdlePolicy {
         park_after: None,
         unload_after: None,
+        max_loaded: None,
     };
 
     /// Whether it ever unloads (then a restarted node leaves functions unloaded until asked).
     pub fn unloads(&self) -> bool {
-        self.unload_after.is_some()
+        self.unload_after.is_some() || self.max_loaded.is_some()
     }
 
     /// The step due for a function in `residency` that has been idle for `idle`, if any.
@@ -92,6 +112,27 @@ impl IdlePolicy {
     }
 }
 
+/// Which functions to unload when more than `max_loaded` of the `loaded` ones (each with how
+/// long it has been idle, `None` if it may not be unloaded: kept warm, or busy) hold their
+/// component: the longest idle first, down to 90 % of the cap, so that traffic spread over
+/// more functions than the cap does not run a sweep on every reload. Fewer, if too few may go.
+pub fn beyond_cap<T>(max_loaded: usize, loaded: Vec<(T, Option<Duration>)>) -> Vec<T> {
+    if loaded.len() <= max_loaded {
+        return Vec::new();
+    }
+    let excess = loaded.len() - (max_loaded - max_loaded / 10);
+    let mut candidates: Vec<(T, Duration)> = loaded
+        .into_iter()
+        .filter_map(|(function, idle)| Some((function, idle?)))
+        .collect();
+    candidates.sort_by_key(|(_, idle)| std::cmp::Reverse(*idle));
+    candidates
+        .into_iter()
+        .take(excess)
+        .map(|(function, _)| function)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +143,7 @@ mod tests {
         IdlePolicy {
             park_after: park.map(S),
             unload_after: unload.map(S),
+            max_loaded: None,
         }
     }
 
@@ -134,6 +176,49 @@ mod tests {
         assert_eq!(p.next_due_in(Residency::Parked, S(0)), None);
         assert_eq!(IdlePolicy::NEVER.next_due_in(Residency::Loaded, S(0)), None);
         assert!(!p.unloads());
+    }
+
+    #[test]
+    fn beyond_the_cap_the_least_recently_used_unload() {
+        let loaded = vec![("a", Some(S(5))), ("b", Some(S(50))), ("c", Some(S(1)))];
+        assert_eq!(beyond_cap(3, loaded.clone()), Vec::<&str>::new());
+        assert_eq!(beyond_cap(2, loaded.clone()), vec!["b"]);
+        assert_eq!(beyond_cap(1, loaded.clone()), vec!["b", "a"]);
+        assert_eq!(beyond_cap(0, loaded), vec!["b", "a", "c"]);
+    }
+
+    #[test]
+    fn over_the_cap_it_unloads_down_to_ninety_percent() {
+        let loaded = |n: u64| (0..n).map(|i| (i, Some(S(i)))).collect::<Vec<_>>();
+        assert!(beyond_cap(100, loaded(100)).is_empty());
+        // One over: the eleven longest idle go, leaving 90.
+        assert_eq!(
+            beyond_cap(100, loaded(101)),
+            (90..101).rev().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn kept_warm_and_busy_functions_count_but_never_unload_for_the_cap() {
+        // "warm" (kept warm) and "busy" hold memory too, so two others must go to reach 2.
+        let loaded = vec![
+            ("warm", None),
+            ("busy", None),
+            ("a", Some(S(5))),
+            ("b", Some(S(50))),
+        ];
+        assert_eq!(beyond_cap(2, loaded.clone()), vec!["b", "a"]);
+        // Not enough may go: as many as can.
+        assert_eq!(beyond_cap(1, loaded), vec!["b", "a"]);
+        assert!(policy(None, None).max_loaded.is_none());
+        let capped = IdlePolicy {
+            max_loaded: Some(10),
+            ..IdlePolicy::NEVER
+        };
+        assert!(
+            capped.unloads(),
+            "a capped node starts with functions unloaded"
+        );
     }
 
     #[test]

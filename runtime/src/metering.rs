@@ -251,6 +251,11 @@ pub struct Metrics {
     pub gpu_busy: GaugeVec,
     /// GPU invocations running node-wide (set at scrape time).
     pub gpu_invocations: IntGauge,
+    /// Deployed functions by where their code is: loaded, parked, unloaded (set at scrape
+    /// time).
+    pub functions: IntGaugeVec,
+    /// Functions unloaded, by reason: `idle` (`--idle-unload`) or `max_loaded`.
+    pub unloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -310,6 +315,22 @@ impl Metrics {
             "flint_gpu_invocations_running",
             "GPU invocations holding a slot of the node-wide GPU limit",
         )?;
+        let functions = IntGaugeVec::new(
+            Opts::new(
+                "flint_functions",
+                "Deployed functions by where their code is (loaded, parked, unloaded)",
+            ),
+            &["residency"],
+        )?;
+        let unloads = IntCounterVec::new(
+            Opts::new(
+                "flint_unloads_total",
+                "Functions unloaded: idle (--idle-unload) or to stay within --max-loaded",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(functions.clone()))?;
+        registry.register(Box::new(unloads.clone()))?;
         registry.register(Box::new(gpu_busy.clone()))?;
         registry.register(Box::new(gpu_invocations.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
@@ -334,6 +355,8 @@ impl Metrics {
             models,
             gpu_busy,
             gpu_invocations,
+            functions,
+            unloads,
         })
     }
 

@@ -8,6 +8,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::function::{self, LoadedFunction, NodeShare};
 use crate::gpu_budget::GpuSpend;
 use crate::host::InvocationState;
+use crate::idle::Residency;
 use crate::names;
 use crate::registry::{Manifest, Registry};
 use crate::router::{RouteMatch, RouteTable};
@@ -256,16 +257,18 @@ impl Node {
         let node = Arc::downgrade(&self);
         drop(self);
         loop {
-            let next = {
+            let (next, over_cap) = {
                 let Some(node) = node.upgrade() else { return };
                 let functions = node.snapshot();
-                functions
-                    .functions
-                    .values()
+                let functions = functions.functions.values();
+                let next = functions
+                    .clone()
                     .filter_map(|function| function.next_idle_step_in(&policy))
-                    .min()
+                    .min();
+                (next, over_cap(&policy, functions))
             };
             match next {
+                _ if over_cap => {}
                 // Not sooner than every 10 ms, however many functions fall due one by one.
                 Some(due_in) => {
                     let due_in = due_in.max(std::time::Duration::from_millis(10));
@@ -281,8 +284,10 @@ impl Node {
             }
             let Some(node) = node.upgrade() else { return };
             let functions = node.snapshot();
+            let metering = node.metering.clone();
             drop(node);
             let _ = tokio::task::spawn_blocking(move || {
+                let unloads = &metering.metrics.unloads;
                 let mut unloaded = 0;
                 for function in functions.functions.values() {
                     match function.take_idle_step(&policy) {
@@ -291,9 +296,28 @@ impl Node {
                         }
                         Some(crate::idle::IdleStep::Unload) => {
                             tracing::info!(function = %function.name, "unloaded after being idle");
+                            unloads.with_label_values(&["idle"]).inc();
                             unloaded += 1;
                         }
                         None => {}
+                    }
+                }
+                if let Some(max_loaded) = policy.max_loaded {
+                    let loaded = functions
+                        .functions
+                        .values()
+                        .filter(|function| function.residency() != Residency::Unloaded)
+                        .map(|function| (function, function.idle_time_if_unloadable()))
+                        .collect();
+                    for function in crate::idle::beyond_cap(max_loaded, loaded) {
+                        function.unload();
+                        tracing::info!(
+                            function = %function.name,
+                            max_loaded,
+                            "unloaded the least recently used to stay within --max-loaded"
+                        );
+                        unloads.with_label_values(&["max_loaded"]).inc();
+                        unloaded += 1;
                     }
                 }
                 if unloaded > 0 {
@@ -388,7 +412,9 @@ impl Node {
         let served = self.snapshot();
         metrics.in_flight.reset();
         metrics.queued.reset();
+        let mut residencies = [0; 3];
         for (name, function) in &served.functions {
+            residencies[function.residency() as usize] += 1;
             metrics
                 .in_flight
                 .with_label_values(&[name])
@@ -411,6 +437,12 @@ impl Node {
         }
         metrics.gpu_invocations.set(self.gpu_slots.taken() as i64);
         metrics.models.set(self.models.list().len() as i64);
+        for residency in [Residency::Loaded, Residency::Parked, Residency::Unloaded] {
+            metrics
+                .functions
+                .with_label_values(&[residency.name()])
+                .set(residencies[residency as usize]);
+        }
         let mut text = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(error) = encoder.encode_utf8(&metrics.registry.gather(), &mut text) {
@@ -864,4 +896,21 @@ impl Node {
         tracing::info!(function = name, "removed");
         Ok(())
     }
+}
+
+/// Whether more functions than `policy` allows hold their component in memory and one of them
+/// may be unloaded (then the sweep runs now).
+fn over_cap<'a>(
+    policy: &crate::idle::IdlePolicy,
+    functions: impl Iterator<Item = &'a Arc<LoadedFunction>>,
+) -> bool {
+    let Some(max_loaded) = policy.max_loaded else {
+        return false;
+    };
+    let (mut loaded, mut unloadable) = (0, false);
+    for function in functions.filter(|f| f.residency() != Residency::Unloaded) {
+        loaded += 1;
+        unloadable |= function.idle_time_if_unloadable().is_some();
+    }
+    loaded > max_loaded && unloadable
 }

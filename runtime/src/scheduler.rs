@@ -187,11 +187,16 @@ impl Scheduler {
         self.activity.running.load(Ordering::Acquire)
     }
 
+    /// Whether anything runs or waits here now.
+    pub fn busy(&self) -> bool {
+        self.running() > 0 || self.queued() > 0
+    }
+
     /// How long nothing has run or waited here: zero while something does, else the time
     /// since the last invocation finished (since the scheduler was made, if none has). A long
     /// request's idle time starts when it ends, not when it began.
     pub fn idle_time(&self) -> Duration {
-        if self.running() > 0 || self.queued() > 0 {
+        if self.busy() {
             return Duration::ZERO;
         }
         let finished = Duration::from_nanos(self.activity.last_finished_ns.load(Ordering::Acquire));

@@ -413,6 +413,60 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
 }
 
 #[test]
+fn beyond_max_loaded_the_least_recently_used_functions_unload() {
+    // Idle parking and unloading off: only the cap unloads.
+    let node = Node::start_with(&[
+        "--max-loaded",
+        "2",
+        "--idle-park",
+        "0",
+        "--idle-unload",
+        "0",
+    ]);
+    let residency = |name: &str| {
+        node.function(name)["residency"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let unloaded = |f: &Value| f["residency"] == "unloaded";
+    node.deploy(&guests().hello, "warm", &["--keep-warm"]);
+    node.deploy(&guests().hello, "a", &[]);
+    assert_eq!(node.get("/fn/a/").status, 200);
+    assert_eq!(residency("a"), "loaded", "two are within the cap");
+
+    // A third: `a`, idle the longest of those that may go, unloads (`warm` counts, but stays).
+    node.deploy(&guests().hello, "b", &[]);
+    node.wait_for_function("a", "unloaded", Duration::from_secs(20), unloaded);
+    assert_eq!(residency("b"), "loaded");
+    assert_eq!(residency("warm"), "loaded");
+
+    // `a` comes back, a cold start, and `b`, now the least recently used, makes room.
+    let reply = node.get("/fn/a/?name=back");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["message"], "Hello, back!");
+    node.wait_for_function("b", "unloaded", Duration::from_secs(20), unloaded);
+    assert_eq!(residency("a"), "loaded");
+    assert_eq!(residency("warm"), "loaded");
+    let records = usage_records(&node, 2);
+    assert_eq!(records[1]["cold_start"], true, "{records:?}");
+    let log = node.log();
+    assert_eq!(
+        log.matches("to stay within --max-loaded").count(),
+        2,
+        "{log}"
+    );
+    let metrics = parse_metrics(&request("GET", &node.admin_url("/metrics"), None, None).body);
+    assert_eq!(
+        metrics[r#"flint_unloads_total{reason="max_loaded"}"#], 2.0,
+        "{metrics:?}"
+    );
+    assert_eq!(metrics[r#"flint_functions{residency="loaded"}"#], 2.0);
+    assert_eq!(metrics[r#"flint_functions{residency="parked"}"#], 0.0);
+    assert_eq!(metrics[r#"flint_functions{residency="unloaded"}"#], 1.0);
+}
+
+#[test]
 fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
     let node = Node::start_with(&["--idle-unload", "300ms", "--spare-after", "0"]);
     node.deploy(&guests().hello, "hello", &[]);
@@ -439,6 +493,9 @@ fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
         0,
         "unloading drops the function's spare sandboxes"
     );
+    let metrics = parse_metrics(&request("GET", &node.admin_url("/metrics"), None, None).body);
+    assert_eq!(metrics[r#"flint_unloads_total{reason="idle"}"#], 1.0);
+    assert_eq!(metrics[r#"flint_functions{residency="unloaded"}"#], 1.0);
 
     // The next request reloads it from the precompiled artifact and still answers correctly.
     let reply = node.get("/fn/hello/?name=again");

@@ -51,6 +51,12 @@ pub struct ServeArgs {
     /// start); `0` never unloads. `fnctl deploy --keep-warm` exempts a function.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_unload: Duration,
+    /// At most this many functions keep their component in memory (loaded or parked, `--keep-warm`
+    /// ones included); beyond it the least recently used idle ones unload, down to 90 %. Bounds
+    /// the node's memory when traffic reaches more functions than this within `--idle-unload`;
+    /// `0`: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub max_loaded: usize,
     /// Size at which the usage log (DATA/usage/usage.jsonl) rotates.
     #[arg(long, default_value = "64MiB", value_parser = parse_size_arg)]
     pub usage_log_size: String,
@@ -108,6 +114,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             idle: crate::idle::IdlePolicy {
                 park_after: (!args.idle_park.is_zero()).then_some(args.idle_park),
                 unload_after: (!args.idle_unload.is_zero()).then_some(args.idle_unload),
+                max_loaded: (args.max_loaded > 0).then_some(args.max_loaded),
             },
             max_gpu_concurrency: args.max_gpu_concurrency,
             spares: crate::sandbox::SparePolicy {
