@@ -11,6 +11,8 @@ Sections (each can be picked with --only):
   heavy     the same for a componentize-py hello world (if bench/heavy built one)
   cold      first request after scale to zero vs warm; deploy-to-first-answer
   density   node memory with 1, 100 and 1000 deployed idle functions
+  cap       the worst case of --max-loaded: round robin over twice as many functions (every
+            request a cold start) vs no cap
   idle      what an idle server costs: wake-ups and CPU time per second, Flint vs `wasmtime serve`
   minilm    MiniLM embeddings/s on the CPU backend vs PyTorch + sentence-transformers, 2 threads
   batching  64 concurrent single-text clients, dynamic batching vs --no-batching
@@ -554,6 +556,63 @@ def bench_density(args):
     return out
 
 
+def node_cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_cap(args, functions=200, cap=100):
+    """The worst case of `--max-loaded`: one client calling `functions` deployed `hello`s in
+    turn on a node that may keep only `cap` loaded, so that every request reloads (the least
+    recently used is always the next one called), against the same node without a cap.
+    Alternated runs; req/s, median latency, the node's CPU time per request."""
+    wasm = os.path.join(GUESTS, "hello.wasm")
+    data_dir = tempfile.TemporaryDirectory(prefix="flint-cap-")
+    data = os.path.join(data_dir.name, "data")
+    try:
+        node = FlintNode(log_level="warn", data=data)
+        with concurrent.futures.ThreadPoolExecutor(2) as deployers:
+            list(deployers.map(lambda i: node.deploy(wasm, f"f{i}"), range(functions)))
+        node.close()
+
+        def measure(max_loaded):
+            node = FlintNode("--idle-park", "1h", "--idle-unload", "1h", "--max-loaded", str(max_loaded),
+                             log_level="warn", data=data)
+            try:
+                host, port = node.public.split(":")
+                conn = http.client.HTTPConnection(host, int(port))
+                for i in range(functions):
+                    timed_get(conn, f"/fn/f{i}/")
+                latencies = []
+                cpu = node_cpu_seconds(node.proc.pid)
+                started = time.perf_counter()
+                while time.perf_counter() - started < args.seconds:
+                    latencies.append(timed_get(conn, f"/fn/f{len(latencies) % functions}/"))
+                elapsed = time.perf_counter() - started
+                cpu = node_cpu_seconds(node.proc.pid) - cpu
+                conn.close()
+                stats = node.admin_call("GET", "/v1/stats")["functions"]
+                return {"rps": len(latencies) / elapsed, "p50_ms": statistics.median(latencies),
+                        "node_cpu_ms_per_request": cpu * 1000 / len(latencies),
+                        "cold_starts": sum(f["cold_starts"] for f in stats.values())}
+            finally:
+                node.close()
+
+        runs = alternate(args.runs, {"capped": cap, "uncapped": 0}, measure)
+        out = {"functions": functions, "max_loaded": cap, "runs": runs}
+        for name, samples in runs.items():
+            out[name] = {k: statistics.median(s[k] for s in samples)
+                         for k in ("rps", "p50_ms", "node_cpu_ms_per_request")}
+        out["ratio_rps"] = out["capped"]["rps"] / out["uncapped"]["rps"]
+        log(f"  round robin over {functions} functions: --max-loaded {cap} {out['capped']['rps']:.0f} req/s "
+            f"({out['capped']['node_cpu_ms_per_request']:.2f} ms CPU each), no cap "
+            f"{out['uncapped']['rps']:.0f} req/s ({out['uncapped']['node_cpu_ms_per_request']:.2f} ms CPU each)")
+        return out
+    finally:
+        data_dir.cleanup()
+
+
 def texts_of_tokens(tokens, count):
     """`count` distinct texts of about `tokens` word-piece tokens each."""
     words = ("the quick brown fox jumps over the lazy dog while serverless functions scale to "
@@ -740,6 +799,11 @@ def print_table(results):
             rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
                          f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
             previous = count
+    m = results.get("cap")
+    if m:
+        rows.append((f"hello, round robin over {m['functions']} functions, --max-loaded {m['max_loaded']}: req/s, c=1",
+                     f"{m['capped']['rps']:.0f}", f"no cap {m['uncapped']['rps']:.0f}",
+                     f"{m['ratio_rps']:.2f}x", "(worst case)"))
     i = results.get("idle")
     if i:
         f, w, t = i["flint"], i["wasmtime_serve"], i["wasmtime_serve_timeout"]
@@ -783,7 +847,7 @@ def finish(results, out, table):
 
 
 HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
-SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "minilm", "batching"]
+SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "cap", "minilm", "batching"]
 
 
 def main():
@@ -816,6 +880,8 @@ def main():
             results[section] = bench_idle(args)
         elif section == "density":
             results[section] = bench_density(args)
+        elif section == "cap":
+            results[section] = bench_cap(args)
         elif section == "minilm":
             results[section] = bench_minilm(args)
         elif section == "batching":

@@ -11,8 +11,9 @@
 #                                  the model's halves are there) with FLINT_REQUIRE_GPU=1
 #
 # The kit is three folders, each under one device call's 64 MiB carry limit:
-# target/gpu-kit/a (stripped binaries, guests and the model's small files, ~31 MiB),
+# target/gpu-kit/a (stripped binaries, GPU test binaries, guests and the model's small files, ~50 MiB),
 # target/gpu-kit/m0 and target/gpu-kit/m1 (the two halves of model.safetensors, ~44 MiB each).
+# (The working tree travels with each carry too: about 6 MiB, so each call stays under 64 MiB.)
 # Carried paths stay on a warm machine between calls, so: carry `a` and run the `calls`
 # section (it needs no model), then carry `m0` in a second call and `m1` in a third, which runs
 # the rest; the run joins the halves.
