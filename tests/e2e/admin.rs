@@ -115,9 +115,10 @@ fn cli_lists_shows_and_invokes() {
         run.stdout
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("hello") && l.contains("64MiB") && l.contains("5s")),
+        lines.iter().any(|l| l.starts_with("hello")
+            && l.contains("64MiB")
+            && l.contains("5s")
+            && l.split_whitespace().last() == Some("loaded")),
         "{}",
         run.stdout
     );

@@ -307,6 +307,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
                 f["timeout"].as_str().unwrap_or_default().to_string(),
                 f["max_concurrency"].to_string(),
                 format!("{}/{}", f["running"], f["queued"]),
+                f["residency"].as_str().unwrap_or_default().to_string(),
             ]
         })
         .collect();
@@ -319,6 +320,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
             "TIMEOUT",
             "CONCURRENCY",
             "RUNNING/QUEUED",
+            "CODE",
         ],
         &rows,
     );
