@@ -36,9 +36,8 @@ pub struct IdlePolicy {
     pub max_loaded: Option<usize>,
 }
 
-/// Where a function's code is (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Where a function's code is (see the module docs). Serialized as its [`Residency::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residency {
     /// In memory and resident.
     Loaded = 0,
@@ -46,6 +45,12 @@ pub enum Residency {
     Parked = 1,
     /// Only on disk.
     Unloaded = 2,
+}
+
+impl serde::Serialize for Residency {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
 }
 
 impl Residency {
