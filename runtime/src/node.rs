@@ -257,7 +257,7 @@ impl Node {
         let node = Arc::downgrade(&self);
         drop(self);
         loop {
-            let (next, over_cap) = {
+            let (next, cap_due) = {
                 let Some(node) = node.upgrade() else { return };
                 let functions = node.snapshot();
                 let functions = functions.functions.values();
@@ -265,10 +265,12 @@ impl Node {
                     .clone()
                     .filter_map(|function| function.next_idle_step_in(&policy))
                     .min();
-                (next, over_cap(&policy, functions))
+                (next, cap_due_in(&policy, functions))
             };
-            match next {
-                _ if over_cap => {}
+            match next.into_iter().chain(cap_due).min() {
+                // Over the cap with a function that may go: now, even while reloads keep
+                // waking the sweep.
+                _ if cap_due == Some(std::time::Duration::ZERO) => {}
                 // Not sooner than every 10 ms, however many functions fall due one by one.
                 Some(due_in) => {
                     let due_in = due_in.max(std::time::Duration::from_millis(10));
@@ -898,19 +900,28 @@ impl Node {
     }
 }
 
-/// Whether more functions than `policy` allows hold their component in memory and one of them
-/// may be unloaded (then the sweep runs now).
-fn over_cap<'a>(
+/// How often the sweep looks again at a node over its `--max-loaded` cap whose functions that
+/// could go are all busy.
+const CAP_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// When the sweep must next enforce `policy`'s cap on loaded functions: now, if more functions
+/// than it allows hold their component and one may be unloaded; in [`CAP_RECHECK`], if none
+/// may only because they are busy; never, if the node is within the cap or over it only with
+/// `--keep-warm` functions.
+fn cap_due_in<'a>(
     policy: &crate::idle::IdlePolicy,
     functions: impl Iterator<Item = &'a Arc<LoadedFunction>>,
-) -> bool {
-    let Some(max_loaded) = policy.max_loaded else {
-        return false;
-    };
-    let (mut loaded, mut unloadable) = (0, false);
+) -> Option<std::time::Duration> {
+    let max_loaded = policy.max_loaded?;
+    let (mut loaded, mut unloadable, mut busy) = (0, false, false);
     for function in functions.filter(|f| f.residency() != Residency::Unloaded) {
         loaded += 1;
         unloadable |= function.idle_time_if_unloadable().is_some();
+        busy |= !function.manifest.settings.keep_warm && function.scheduler.busy();
     }
-    loaded > max_loaded && unloadable
+    match loaded > max_loaded {
+        false => None,
+        true if unloadable => Some(std::time::Duration::ZERO),
+        true => busy.then_some(CAP_RECHECK),
+    }
 }

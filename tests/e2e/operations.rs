@@ -467,6 +467,40 @@ fn beyond_max_loaded_the_least_recently_used_functions_unload() {
 }
 
 #[test]
+fn functions_busy_when_over_max_loaded_unload_once_they_finish() {
+    // Idle parking and unloading off, so that nothing but the cap wakes the sweep.
+    let node = Node::start_with(&[
+        "--max-loaded",
+        "1",
+        "--idle-park",
+        "0",
+        "--idle-unload",
+        "0",
+    ]);
+    let unloaded = |f: &Value| f["residency"] == "unloaded";
+    node.deploy(&guests().misbehave, "a", &[]);
+    node.deploy(&guests().misbehave, "b", &[]);
+    node.wait_for_function("a", "unloaded", Duration::from_secs(20), unloaded);
+    let slow = |name: &str| {
+        let url = node.url(&format!("/fn/{name}/sleep?ms=1500"));
+        std::thread::spawn(move || request("GET", &url, None, None))
+    };
+    // `a` reloads and runs; idle `b` makes room.
+    let a = slow("a");
+    node.wait_for_load("a", 1, 0);
+    node.wait_for_function("b", "unloaded", Duration::from_secs(20), unloaded);
+    // `b` reloads while `a` still runs: two loaded, both busy, neither may go yet.
+    let b = slow("b");
+    node.wait_for_load("b", 1, 0);
+    assert_eq!(node.function("a")["residency"], "loaded");
+    assert_eq!(a.join().unwrap().body, "slept 1500");
+    assert_eq!(b.join().unwrap().body, "slept 1500");
+    // `a` finished first: once it is idle, the sweep comes back for it.
+    node.wait_for_function("a", "unloaded", Duration::from_secs(10), unloaded);
+    assert_eq!(node.function("b")["residency"], "loaded");
+}
+
+#[test]
 fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
     let node = Node::start_with(&["--idle-unload", "300ms", "--spare-after", "0"]);
     node.deploy(&guests().hello, "hello", &[]);
