@@ -27,6 +27,8 @@ use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+mod sweep;
+
 /// Default largest component upload.
 pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 256 << 20;
 
@@ -244,90 +246,6 @@ impl Node {
     /// The linker every function is instantiated against.
     pub fn linker(&self) -> &Arc<Linker<InvocationState>> {
         &self.linker
-    }
-
-    /// Parks and unloads idle functions (see [`crate::idle`]) until the node is dropped. It
-    /// sleeps until the next step falls due; while no function is loaded, until one is.
-    pub async fn sweep_idle_functions(self: Arc<Self>) {
-        let policy = self.options.idle;
-        if policy == crate::idle::IdlePolicy::NEVER {
-            return;
-        }
-        let wake = self.wake_sweep.clone();
-        let node = Arc::downgrade(&self);
-        drop(self);
-        loop {
-            let (next, cap_due) = {
-                let Some(node) = node.upgrade() else { return };
-                let functions = node.snapshot();
-                let functions = functions.functions.values();
-                let next = functions
-                    .clone()
-                    .filter_map(|function| function.next_idle_step_in(&policy))
-                    .min();
-                (next, cap_due_in(&policy, functions))
-            };
-            match next.into_iter().chain(cap_due).min() {
-                // Over the cap with a function that may go: now, even while reloads keep
-                // waking the sweep.
-                _ if cap_due == Some(std::time::Duration::ZERO) => {}
-                // Not sooner than every 10 ms, however many functions fall due one by one.
-                Some(due_in) => {
-                    let due_in = due_in.max(std::time::Duration::from_millis(10));
-                    tokio::select! {
-                        () = tokio::time::sleep(due_in) => {}
-                        () = wake.notified() => continue,
-                    }
-                }
-                None => {
-                    wake.notified().await;
-                    continue;
-                }
-            }
-            let Some(node) = node.upgrade() else { return };
-            let functions = node.snapshot();
-            let metering = node.metering.clone();
-            drop(node);
-            let _ = tokio::task::spawn_blocking(move || {
-                let unloads = &metering.metrics.unloads;
-                let mut unloaded = 0;
-                for function in functions.functions.values() {
-                    match function.take_idle_step(&policy) {
-                        Some(crate::idle::IdleStep::Park) => {
-                            tracing::info!(function = %function.name, "parked after being idle");
-                        }
-                        Some(crate::idle::IdleStep::Unload) => {
-                            tracing::info!(function = %function.name, "unloaded after being idle");
-                            unloads.with_label_values(&["idle"]).inc();
-                            unloaded += 1;
-                        }
-                        None => {}
-                    }
-                }
-                if let Some(max_loaded) = policy.max_loaded {
-                    let loaded = functions
-                        .functions
-                        .values()
-                        .filter(|function| function.residency() != Residency::Unloaded)
-                        .map(|function| (function, function.idle_time_if_unloadable()))
-                        .collect();
-                    for function in crate::idle::beyond_cap(max_loaded, loaded) {
-                        function.unload();
-                        tracing::info!(
-                            function = %function.name,
-                            max_loaded,
-                            "unloaded the least recently used to stay within --max-loaded"
-                        );
-                        unloads.with_label_values(&["max_loaded"]).inc();
-                        unloaded += 1;
-                    }
-                }
-                if unloaded > 0 {
-                    crate::heap::release_freed();
-                }
-            })
-            .await;
-        }
     }
 
     /// The GPU pool.
@@ -897,31 +815,5 @@ impl Node {
         self.holdings.remove(name);
         tracing::info!(function = name, "removed");
         Ok(())
-    }
-}
-
-/// How often the sweep looks again at a node over its `--max-loaded` cap whose functions that
-/// could go are all busy.
-const CAP_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// When the sweep must next enforce `policy`'s cap on loaded functions: now, if more functions
-/// than it allows hold their component and one may be unloaded; in [`CAP_RECHECK`], if none
-/// may only because they are busy; never, if the node is within the cap or over it only with
-/// `--keep-warm` functions.
-fn cap_due_in<'a>(
-    policy: &crate::idle::IdlePolicy,
-    functions: impl Iterator<Item = &'a Arc<LoadedFunction>>,
-) -> Option<std::time::Duration> {
-    let max_loaded = policy.max_loaded?;
-    let (mut loaded, mut unloadable, mut busy) = (0, false, false);
-    for function in functions.filter(|f| f.residency() != Residency::Unloaded) {
-        loaded += 1;
-        unloadable |= function.idle_time_if_unloadable().is_some();
-        busy |= !function.manifest.settings.keep_warm && function.scheduler.busy();
-    }
-    match loaded > max_loaded {
-        false => None,
-        true if unloadable => Some(std::time::Duration::ZERO),
-        true => busy.then_some(CAP_RECHECK),
     }
 }
