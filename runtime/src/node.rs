@@ -326,15 +326,26 @@ impl Node {
         functions
     }
 
+    /// How many served functions are loaded, parked and unloaded.
+    pub fn count_by_residency(&self) -> [(Residency, usize); 3] {
+        let mut counts = [
+            (Residency::Loaded, 0),
+            (Residency::Parked, 0),
+            (Residency::Unloaded, 0),
+        ];
+        for function in self.snapshot().functions.values() {
+            counts[function.residency() as usize].1 += 1;
+        }
+        counts
+    }
+
     /// The Prometheus text of the node's metrics (gauges refreshed now).
     pub fn render_metrics(&self) -> String {
         let metrics = &self.metering.metrics;
         let served = self.snapshot();
         metrics.in_flight.reset();
         metrics.queued.reset();
-        let mut residencies = [0; 3];
         for (name, function) in &served.functions {
-            residencies[function.residency() as usize] += 1;
             metrics
                 .in_flight
                 .with_label_values(&[name])
@@ -357,11 +368,11 @@ impl Node {
         }
         metrics.gpu_invocations.set(self.gpu_slots.taken() as i64);
         metrics.models.set(self.models.list().len() as i64);
-        for residency in [Residency::Loaded, Residency::Parked, Residency::Unloaded] {
+        for (residency, count) in self.count_by_residency() {
             metrics
                 .functions
                 .with_label_values(&[residency.name()])
-                .set(residencies[residency as usize]);
+                .set(count as i64);
         }
         let mut text = String::new();
         let encoder = prometheus::TextEncoder::new();

@@ -464,6 +464,13 @@ fn beyond_max_loaded_the_least_recently_used_functions_unload() {
     assert_eq!(metrics[r#"flint_functions{residency="loaded"}"#], 2.0);
     assert_eq!(metrics[r#"flint_functions{residency="parked"}"#], 0.0);
     assert_eq!(metrics[r#"flint_functions{residency="unloaded"}"#], 1.0);
+    let info = node.admin_call("GET", "/v1/node", None).json();
+    assert_eq!(info["max_loaded"], 2);
+    assert_eq!(info["idle_park"], Value::Null, "off");
+    assert_eq!(
+        info["functions_by_residency"],
+        serde_json::json!({"loaded": 2, "parked": 0, "unloaded": 1})
+    );
 }
 
 #[test]

@@ -151,6 +151,12 @@ fn openapi() -> Response<ResponseBody> {
 }
 
 fn node_info(node: &Node) -> Response<ResponseBody> {
+    let idle = node.options().idle;
+    let residency: serde_json::Map<String, serde_json::Value> = node
+        .count_by_residency()
+        .into_iter()
+        .map(|(residency, count)| (residency.name().to_string(), json!(count)))
+        .collect();
     json_response(
         StatusCode::OK,
         &json!({
@@ -159,6 +165,10 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "max_component_size": format_size(node.options().max_component_bytes),
             "max_instances": node.options().engine.max_instances,
             "functions": node.function_names().len(),
+            "functions_by_residency": residency,
+            "idle_park": idle.park_after.map(crate::units::format_duration),
+            "idle_unload": idle.unload_after.map(crate::units::format_duration),
+            "max_loaded": idle.max_loaded,
             "invocations": node.invocation_count(),
             "ready": node.is_ready(),
         }),
