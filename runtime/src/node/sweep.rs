@@ -84,12 +84,7 @@ fn step_idle_functions(
         }
     }
     if let Some(max_loaded) = policy.max_loaded {
-        let loaded = functions
-            .values()
-            .filter(|function| function.residency() != Residency::Unloaded)
-            .map(|function| (function, function.idle_time_if_unloadable()))
-            .collect();
-        for function in crate::idle::beyond_cap(max_loaded, loaded) {
+        for function in crate::idle::beyond_cap(max_loaded, holding_code(functions.values())) {
             function.unload();
             tracing::info!(
                 function = %function.name,
@@ -118,15 +113,27 @@ fn cap_due_in<'a>(
     functions: impl Iterator<Item = &'a Arc<LoadedFunction>>,
 ) -> Option<Duration> {
     let max_loaded = policy.max_loaded?;
-    let (mut loaded, mut unloadable, mut busy) = (0, false, false);
-    for function in functions.filter(|f| f.residency() != Residency::Unloaded) {
-        loaded += 1;
-        unloadable |= function.idle_time_if_unloadable().is_some();
-        busy |= !function.manifest.settings.keep_warm && function.scheduler.busy();
+    let loaded = holding_code(functions);
+    if loaded.len() <= max_loaded {
+        None
+    } else if loaded.iter().any(|(_, idle)| idle.is_some()) {
+        Some(Duration::ZERO)
+    } else {
+        let busy = |f: &LoadedFunction| !f.manifest.settings.keep_warm && f.scheduler.busy();
+        loaded
+            .iter()
+            .any(|(function, _)| busy(function))
+            .then_some(CAP_RECHECK)
     }
-    match loaded > max_loaded {
-        false => None,
-        true if unloadable => Some(Duration::ZERO),
-        true => busy.then_some(CAP_RECHECK),
-    }
+}
+
+/// The functions that hold their component (loaded or parked), each with how long it has been
+/// idle if it may be unloaded for the cap: what [`crate::idle::beyond_cap`] chooses from.
+fn holding_code<'a>(
+    functions: impl Iterator<Item = &'a Arc<LoadedFunction>>,
+) -> Vec<(&'a Arc<LoadedFunction>, Option<Duration>)> {
+    functions
+        .filter(|function| function.residency() != Residency::Unloaded)
+        .map(|function| (function, function.idle_time_if_unloadable()))
+        .collect()
 }
