@@ -489,7 +489,7 @@ fn functions_busy_when_over_max_loaded_unload_once_they_finish() {
     node.deploy(&guests().misbehave, "b", &[]);
     node.wait_for_function("a", "unloaded", Duration::from_secs(20), unloaded);
     let slow = |name: &str| {
-        let url = node.url(&format!("/fn/{name}/sleep?ms=1500"));
+        let url = node.url(&format!("/fn/{name}/sleep?ms=3000"));
         std::thread::spawn(move || request("GET", &url, None, None))
     };
     // `a` reloads and runs; idle `b` makes room.
@@ -500,8 +500,8 @@ fn functions_busy_when_over_max_loaded_unload_once_they_finish() {
     let b = slow("b");
     node.wait_for_load("b", 1, 0);
     assert_eq!(node.function("a")["residency"], "loaded");
-    assert_eq!(a.join().unwrap().body, "slept 1500");
-    assert_eq!(b.join().unwrap().body, "slept 1500");
+    assert_eq!(a.join().unwrap().body, "slept 3000");
+    assert_eq!(b.join().unwrap().body, "slept 3000");
     // `a` finished first: once it is idle, the sweep comes back for it.
     node.wait_for_function("a", "unloaded", Duration::from_secs(10), unloaded);
     assert_eq!(node.function("b")["residency"], "loaded");
