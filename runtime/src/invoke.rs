@@ -209,25 +209,32 @@ where
         .await
         .map_err(|e| ApiError::internal(&e))?;
     meter.update(|record| record.cold_start = cold_start);
-    function.spares.refill(
-        node.options().spares,
-        node.spare_budget(),
-        node.guest_activity(),
-        &pre,
-        |id| invocation_info(node, function, id),
-        timeout,
-    );
+    let info = invocation_info(node, function, Arc::from(invocation_id));
     let (mut store, proxy) = match spare {
         Some(spare) => {
             let mut store = spare.store;
             sandbox::set_deadline(&mut store, deadline);
             (store, Some(spare.proxy))
         }
-        None => {
-            let info = invocation_info(node, function, Arc::from(invocation_id));
-            (sandbox::new_store(node.engine(), &info, deadline), None)
+        None => (sandbox::new_store(node.engine(), &info, deadline), None),
+    };
+    // Spares for the next requests. A request that took one has its replacement built at once,
+    // beside its guest. One that instantiates its own sandbox (the first after a reload, say)
+    // has them built once it has answered: building them beside it would take the other core
+    // and the address space's lock from its instantiation and its guest (a componentize-py
+    // function's first request after a reload: 8.2 ms that way, 6.3 ms this way).
+    let policy = node.options().spares;
+    let instantiates = proxy.is_none();
+    let refill = {
+        let budget = node.spare_budget().clone();
+        let (activity, pre) = (node.guest_activity().clone(), pre.clone());
+        move |spares: &Arc<sandbox::Spares>| {
+            spares.refill(policy, &budget, &activity, &pre, &info, timeout)
         }
     };
+    if !instantiates {
+        refill(&function.spares);
+    }
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let (guest_request, outparam) = {
@@ -266,6 +273,11 @@ where
             })
             .await;
             drop(running);
+            if instantiates && spares.wanted(policy) {
+                // The connection's task, ready on this thread, writes the response first.
+                tokio::task::yield_now().await;
+                refill(&spares);
+            }
             let memory_denied = store.data().limiter.denied_bytes;
             let memory_peak = store.data().limiter.peak_bytes as u64;
             // On a GPU, the usage (CUDA-event time) and the end of the session wait for the

@@ -193,27 +193,28 @@ impl Spares {
         drop(spares);
     }
 
+    /// Whether `policy` wants more spares of this version than are ready or being built: its
+    /// instantiation was measured at `policy.after` or slower, and no spare failed to build.
+    pub fn wanted(&self, policy: SparePolicy) -> bool {
+        !self.failed.load(Ordering::Relaxed)
+            && self.slow_to_instantiate(policy.after)
+            && self.ready_count() + self.building.load(Ordering::Acquire) < policy.per_function
+    }
+
     /// Starts building spares until `policy.per_function` are ready or being built (as far as
-    /// `budget` allows), if instantiation was measured at `policy.after` or slower. `info`
-    /// makes each one's invocation state (given a fresh invocation id); `activity` keeps the
-    /// epoch advancing while a spare's guest code (its start functions) runs.
+    /// `budget` allows), if instantiation was measured at `policy.after` or slower. Each one's
+    /// invocation state is made from `template` with a fresh invocation id; `activity` keeps
+    /// the epoch advancing while a spare's guest code (its start functions) runs.
     pub fn refill(
         self: &Arc<Self>,
         policy: SparePolicy,
         budget: &Arc<SpareBudget>,
         activity: &GuestActivity,
         pre: &ProxyPre<InvocationState>,
-        info: impl Fn(Arc<str>) -> InvocationInfo,
+        template: &InvocationInfo,
         timeout: Duration,
     ) {
-        if self.failed.load(Ordering::Relaxed) || !self.slow_to_instantiate(policy.after) {
-            return;
-        }
-        loop {
-            let queued = self.ready_count() + self.building.load(Ordering::Acquire);
-            if queued >= policy.per_function {
-                return;
-            }
+        while self.wanted(policy) {
             let Some(permit) = budget.acquire() else {
                 return;
             };
@@ -221,7 +222,10 @@ impl Spares {
             let spares = self.clone();
             let activity = activity.clone();
             let pre = pre.clone();
-            let info = info(Arc::from(crate::invoke::new_invocation_id()));
+            let info = InvocationInfo {
+                invocation_id: Arc::from(crate::invoke::new_invocation_id()),
+                ..template.clone()
+            };
             tokio::spawn(async move {
                 let started = Instant::now();
                 let running = activity.enter();
