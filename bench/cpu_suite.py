@@ -9,7 +9,8 @@ Sections (each can be picked with --only):
   sandbox   fresh instance of a deployed function (in-process, cargo bench)
   hello     HTTP throughput/latency of examples/hello: Flint vs `wasmtime serve`, c=1 and c=32
   heavy     the same for a componentize-py hello world (if bench/heavy built one)
-  cold      first request after scale to zero vs warm; deploy-to-first-answer
+  cold      first request after scale to zero (unloaded, and parked) vs warm, for hello, embed
+            and the componentize-py component; deploy-to-first-answer
   density   node memory with 1, 100 and 1000 deployed idle functions
   cap       the worst case of --max-loaded: round robin over twice as many functions (every
             request a cold start) vs no cap
@@ -302,22 +303,29 @@ class Probe:
 IDLE_SECONDS = 1.2
 
 
-def first_requests_after_idle(node, peer, residency, args):
-    """For `hello` and `embed`: the first request once the function reached `residency`
-    ("unloaded" or "parked") after the same idle time as a `--keep-warm` copy and (hello)
-    `wasmtime serve`."""
-    node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello")
-    node.deploy(os.path.join(GUESTS, "hello.wasm"), "hello-warm", "keep_warm=true")
-    node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
-    node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed-warm", "keep_warm=true")
+HEAVY_WASM = os.path.join(ROOT, "target", "bench", "heavy-hello.wasm")
+
+
+def first_requests_after_idle(node, peers, residency, args):
+    """For `hello`, `embed` and (if built) the componentize-py component `heavy`: the first
+    request once the function reached `residency` ("unloaded" or "parked") after the same idle
+    time as a `--keep-warm` copy and, where `peers` has one, `wasmtime serve` of it."""
+    wasm = {"hello": os.path.join(GUESTS, "hello.wasm"), "embed": os.path.join(GUESTS, "embed.wasm")}
+    if os.path.exists(HEAVY_WASM):
+        wasm["heavy"] = HEAVY_WASM
+    for name, path in wasm.items():
+        node.deploy(path, name)
+        node.deploy(path, f"{name}-warm", "keep_warm=true")
     node.add_model("minilm", MODEL_DIR)
     embed_body = json.dumps({"texts": ["a cold start with the model still resident"]}).encode()
     out = {}
-    for name, body in (("hello", None), ("embed", embed_body)):
+    for name in wasm:
+        body = embed_body if name == "embed" else None
+        peer = peers.get(name)
         path, warm_path = f"/fn/{name}/", f"/fn/{name}-warm/"
         client = Probe(f"http://{node.public}/", body)
         warm_client = Probe(f"http://{node.public}/", body)
-        peer_client = Probe(peer.url("/")) if name == "hello" else None
+        peer_client = Probe(peer.url("/")) if peer else None
         try:
             for _ in range(5):
                 client.get(path)
@@ -363,11 +371,13 @@ def bench_cold(args):
     serve` of the same component (the peer, which never unloads). Unloaded functions reload
     from disk; parked ones (a node with `--idle-park 1s` and unloading off) only fault their
     code pages back in."""
-    peer = WasmtimeServe(os.path.join(GUESTS, "hello.wasm"))
+    peers = {"hello": WasmtimeServe(os.path.join(GUESTS, "hello.wasm"))}
+    if os.path.exists(HEAVY_WASM):
+        peers["heavy"] = WasmtimeServe(HEAVY_WASM)
     try:
         node = FlintNode("--idle-unload", "1s", "--idle-park", "0")
         try:
-            out = first_requests_after_idle(node, peer, "unloaded", args)
+            out = first_requests_after_idle(node, peers, "unloaded", args)
             stats = node.admin_call("GET", "/v1/stats?function=hello")["functions"]["hello"]
             out["hello"]["cold_starts_counted"] = stats["cold_starts"]
             # Deploy to first answer: upload + validate + compile + first request.
@@ -387,12 +397,13 @@ def bench_cold(args):
             node.close()
         node = FlintNode("--idle-park", "1s", "--idle-unload", "0")
         try:
-            out["parked"] = first_requests_after_idle(node, peer, "parked", args)
+            out["parked"] = first_requests_after_idle(node, peers, "parked", args)
         finally:
             node.close()
         return out
     finally:
-        peer.close()
+        for peer in peers.values():
+            peer.close()
 
 
 def thread_activity(pid):
@@ -761,9 +772,11 @@ def print_table(results):
                              f"{r['wasmtime_serve']['p50_ms']:.3f} / {r['wasmtime_serve']['p99_ms']:.3f}", "", ""))
     c = results.get("cold")
     if c:
-        cases = [(name, c[name], "scale to zero (unloaded)") for name in ("hello", "embed")]
-        cases += [(name, c["parked"][name], "parking") for name in ("hello", "embed") if "parked" in c]
+        names = [name for name in ("hello", "embed", "heavy") if name in c]
+        cases = [(name, c[name], "scale to zero (unloaded)") for name in names]
+        cases += [(name, c["parked"][name], "parking") for name in names if "parked" in c]
         for name, r, after in cases:
+            name = "componentize-py hello" if name == "heavy" else name
             rows.append((f"{name}: first request after {after}", f"{r['cold_ms']:.3f} ms",
                          f"warm {r['warm_ms']:.3f} ms", f"{r['cold_minus_warm_ms']:+.3f} ms", "<= 1 ms"))
             if "idle_warm_ms" in r:
@@ -871,8 +884,7 @@ def main():
         elif section == "hello":
             results[section] = bench_http(args, os.path.join(GUESTS, "hello.wasm"), "hello")
         elif section == "heavy":
-            heavy = os.path.join(ROOT, "target", "bench", "heavy-hello.wasm")
-            results[section] = bench_http(args, heavy, "heavy") if os.path.exists(heavy) else \
+            results[section] = bench_http(args, HEAVY_WASM, "heavy") if os.path.exists(HEAVY_WASM) else \
                 {"skipped": "no componentize-py component (scripts/bench.sh builds it)"}
         elif section == "cold":
             results[section] = bench_cold(args)
