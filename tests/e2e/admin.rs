@@ -178,3 +178,35 @@ fn cli_lists_shows_and_invokes() {
         run.stderr
     );
 }
+
+#[test]
+fn client_output_into_a_closed_pipe_ends_quietly() {
+    let node = Node::start();
+    node.deploy(&guests().hello, "hello", &[]);
+    assert_eq!(node.get("/fn/hello/").status, 200);
+    for args in [
+        &["ls"][..],
+        &["ls", "--json"],
+        &["show", "hello"],
+        &["invoke", "hello"],
+    ] {
+        // As in `fnctl ls | head -0`: whoever reads the output is gone before it is written.
+        let mut child = std::process::Command::new(crate::support::fnctl_binary())
+            .args(args)
+            .env("FLINT_DATA", &node.data)
+            .env_remove("FNCTL_SERVER")
+            .env_remove("FNCTL_TOKEN")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && stderr.is_empty(),
+            "fnctl {args:?}: {} {stderr}",
+            output.status
+        );
+    }
+}

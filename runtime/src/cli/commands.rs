@@ -9,7 +9,6 @@ use bytes::Bytes;
 use clap::Args;
 use http::{HeaderValue, Method, header};
 use serde_json::Value;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -136,7 +135,7 @@ fn encode(segment: &str) -> String {
 }
 
 fn print_json(value: &Value) -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -223,15 +222,15 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     if args.client.json {
         return print_json(&value);
     }
-    println!(
+    outln!(
         "Deployed {} version {} in {:.1}s (compiled in {} ms)",
         value["name"].as_str().unwrap_or_default(),
         value["version"],
         started.elapsed().as_secs_f64(),
         value["compile_ms"]
     );
-    println!("  url:    {}", value["url"].as_str().unwrap_or_default());
-    println!("  routes: {}", join(&value["routes"]));
+    outln!("  url:    {}", value["url"].as_str().unwrap_or_default());
+    outln!("  routes: {}", join(&value["routes"]));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -276,7 +275,7 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        outln!("{}", text.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     for row in rows {
@@ -293,7 +292,7 @@ pub fn list(args: ListArgs) -> Result<ExitCode> {
     }
     let functions = value["functions"].as_array().cloned().unwrap_or_default();
     if functions.is_empty() {
-        println!("No functions deployed. Deploy one with `fnctl deploy FILE.wasm --name NAME`.");
+        outln!("No functions deployed. Deploy one with `fnctl deploy FILE.wasm --name NAME`.");
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = functions
@@ -369,7 +368,7 @@ pub fn show(args: NameArgs) -> Result<ExitCode> {
             Value::Array(_) => join(&value[key]),
             other => other.to_string(),
         };
-        println!("{key:<16}{shown}");
+        outln!("{key:<16}{shown}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -448,9 +447,9 @@ pub fn logs(args: LogsArgs) -> Result<ExitCode> {
         )?;
         for line in value["lines"].as_array().cloned().unwrap_or_default() {
             if args.client.json {
-                println!("{line}");
+                outln!("{line}");
             } else {
-                println!(
+                outln!(
                     "{} {} {} {}",
                     line["time"].as_str().unwrap_or_default(),
                     line["invocation_id"].as_str().unwrap_or_default(),
@@ -459,7 +458,6 @@ pub fn logs(args: LogsArgs) -> Result<ExitCode> {
                 );
             }
         }
-        std::io::stdout().flush()?;
         after = value["last"].as_u64().unwrap_or(after).max(after);
         tail = usize::MAX;
         first = false;
@@ -641,7 +639,7 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
             if client.json {
                 return print_json(&value);
             }
-            println!(
+            outln!(
                 "Registered model {} ({}, {} dimensions, {} layers, up to {} tokens) on {}",
                 value["name"].as_str().unwrap_or_default(),
                 value["kind"].as_str().unwrap_or_default(),
@@ -703,7 +701,7 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
             if args.client.json {
                 return print_json(&value);
             }
-            println!("Removed model {}", args.name);
+            outln!("Removed model {}", args.name);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -731,13 +729,14 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
         return print_json(&value);
     }
     if let Some(reason) = value["cpu_reason"].as_str() {
-        println!("backend: cpu ({reason})");
+        outln!("backend: cpu ({reason})");
     } else {
-        println!("backend: {}", value["backend"].as_str().unwrap_or_default());
+        outln!("backend: {}", value["backend"].as_str().unwrap_or_default());
     }
-    println!(
+    outln!(
         "GPU invocations: {} running, node limit {}",
-        value["gpu_invocations"]["running"], value["gpu_invocations"]["limit"]
+        value["gpu_invocations"]["running"],
+        value["gpu_invocations"]["limit"]
     );
     let mib = |v: &Value| format!("{} MiB", v.as_u64().unwrap_or_default() >> 20);
     let devices = value["devices"].as_array().cloned().unwrap_or_default();
@@ -781,7 +780,7 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
         })
         .collect();
     if !holders.is_empty() {
-        println!();
+        outln!();
         print_table(&["DEVICE", "FUNCTION", "HOLDS"], &holders);
     }
     let models: Vec<Vec<String>> = value["models"]
@@ -798,7 +797,7 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
         })
         .collect();
     if !models.is_empty() {
-        println!();
+        outln!();
         print_table(&["MODEL", "WEIGHTS", "WHERE"], &models);
     }
     Ok(ExitCode::SUCCESS)
@@ -815,7 +814,7 @@ pub fn remove(args: NameArgs) -> Result<ExitCode> {
     if args.client.json {
         return print_json(&value);
     }
-    println!("Removed {}", args.name);
+    outln!("Removed {}", args.name);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -833,7 +832,7 @@ pub fn rollback(args: RollbackArgs) -> Result<ExitCode> {
     if args.client.json {
         return print_json(&value);
     }
-    println!(
+    outln!(
         "{} now serves version {} (versions: {})",
         args.name,
         value["version"],
@@ -907,16 +906,16 @@ pub fn invoke(args: InvokeArgs) -> Result<ExitCode> {
         }))?;
     } else {
         if args.include {
-            println!("HTTP {}", answer.status);
+            outln!("HTTP {}", answer.status);
             for (name, value) in &answer.headers {
-                println!("{name}: {}", value.to_str().unwrap_or("<binary>"));
+                outln!("{name}: {}", value.to_str().unwrap_or("<binary>"));
             }
-            println!();
+            outln!();
         }
         if answer.status.is_success() || args.include {
-            std::io::stdout().write_all(&answer.body)?;
+            super::write_stdout(&answer.body);
             if !answer.body.ends_with(b"\n") {
-                println!();
+                outln!();
             }
         }
     }

@@ -1,8 +1,33 @@
 //! The `fnctl` command line: `serve` runs a node; the other commands talk to a node's admin API.
 
+/// `println!` for the client commands' output: when stdout is closed early (`fnctl ls | head -1`)
+/// the process ends quietly with status 0, as Unix tools do, instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::write_stdout(b"\n")
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format!("{}\n", format_args!($($arg)*)).as_bytes())
+    };
+}
+
 mod client;
 mod commands;
 mod serve;
+
+/// Writes `bytes` to stdout (see `outln!`): a closed stdout ends the process with status 0,
+/// any other failure to write with an error and status 1.
+pub(crate) fn write_stdout(bytes: &[u8]) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {error}");
+        std::process::exit(1);
+    }
+}
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
