@@ -272,11 +272,6 @@ where
             })
             .await;
             drop(running);
-            if instantiates && spares.wanted(policy) {
-                // The connection's task, ready on this thread, writes the response first.
-                tokio::task::yield_now().await;
-                spares.refill(policy, &spare_budget, &activity, &pre, &info, timeout);
-            }
             let memory_denied = store.data().limiter.denied_bytes;
             let memory_peak = store.data().limiter.peak_bytes as u64;
             // On a GPU, the usage (CUDA-event time) and the end of the session wait for the
@@ -305,6 +300,13 @@ where
                 record.gpu_byte_seconds = gpu.byte_seconds;
             });
             drop(task_meter);
+            // Charged first, refilled after: a client that sends its next request as soon as it
+            // has read this answer finds the budget already charged.
+            if instantiates && spares.wanted(policy) {
+                // The connection's task, ready on this thread, writes the response first.
+                tokio::task::yield_now().await;
+                spares.refill(policy, &spare_budget, &activity, &pre, &info, timeout);
+            }
             (outcome, memory_denied)
         }
         .in_current_span(),

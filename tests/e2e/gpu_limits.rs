@@ -140,6 +140,20 @@ fn wait_for_window_start(period: Duration) {
     }
 }
 
+/// Waits until `name`'s GPU budget shows as spent. GPU time is charged when an invocation ends,
+/// which can be a moment after its client has read the answer (the guest returns after its body
+/// is sent), so a client's very next request may still be admitted.
+fn wait_until_budget_is_spent(node: &Node, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats(node, name)["gpu_budget"]["left_seconds"] != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the GPU time of `{name}` was never charged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn stats(node: &Node, name: &str) -> Value {
     let run = node.fnctl(&["stats", name, "--json"]);
     assert!(run.success, "{}", run.stderr);
@@ -158,6 +172,7 @@ fn spent_gpu_budget_gives_429_naming_it_until_the_period_resets() {
     // A 512×512 matmul, 4 times: far more than 5 ms of GPU (CPU-backend) time.
     let reply = node.get("/fn/metered/?then=work&n=512&reps=4");
     assert_eq!(reply.status, 200, "{}", reply.body);
+    wait_until_budget_is_spent(&node, "metered");
     let refused = node.get("/fn/metered/");
     let message = refused.expect_error(429, "budget-exhausted");
     assert!(message.contains("GPU budget of 5ms/6s"), "{message}");
@@ -203,6 +218,7 @@ fn a_spent_gpu_budget_stays_spent_across_a_restart() {
         &["--gpu-budget", "1ms/30days"],
     );
     assert_eq!(node.get("/fn/monthly/?then=work&n=256&reps=2").status, 200);
+    wait_until_budget_is_spent(&node, "monthly");
     node.get("/fn/monthly/")
         .expect_error(429, "budget-exhausted");
     // The usage record is on disk before the node goes away.
