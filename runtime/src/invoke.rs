@@ -252,8 +252,9 @@ where
     let spare_budget = node.spare_budget().clone();
     let task = tokio::spawn(
         async move {
-            // The slot stays taken until the guest is done, response body included.
-            let _admission = admission;
+            // The slot stays taken until the guest is done, response body included, and its
+            // store is gone.
+            let admission = admission;
             let running = activity.enter();
             let outcome = tokio::time::timeout(timeout, async {
                 let proxy = match proxy {
@@ -293,6 +294,9 @@ where
                 let gpu_us = gpu.busy.as_micros() as u64;
                 spend.charge(&budget, crate::gpu_budget::now_ms(), gpu_us);
             }
+            // Out of flight before it is counted: whoever sees the usage record or the metrics
+            // move sees the slot free and the budget charged.
+            drop(admission);
             task_meter.update(|record| {
                 record.memory_peak_bytes = memory_peak;
                 record.gpu_us = gpu.busy.as_micros() as u64;
@@ -300,8 +304,8 @@ where
                 record.gpu_byte_seconds = gpu.byte_seconds;
             });
             drop(task_meter);
-            // Charged first, refilled after: a client that sends its next request as soon as it
-            // has read this answer finds the budget already charged.
+            // Accounted first, refilled after: a client that sends its next request as soon as
+            // it has read this answer finds the budget already charged.
             if instantiates && spares.wanted(policy) {
                 // The connection's task, ready on this thread, writes the response first.
                 tokio::task::yield_now().await;
