@@ -18,6 +18,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use std::time::{Duration, Instant};
 
+/// What `--help` and a wrong argument print.
+const USAGE: &str = "usage: flint-load URL [--connections C] [--seconds S] [--body-file F] \
+                     [--content-type T] [--probe]";
+
 struct Options {
     url: http::Uri,
     connections: usize,
@@ -53,11 +57,12 @@ fn options() -> Result<Options> {
             }
             "--content-type" => options.content_type = value()?,
             "--probe" => options.probe = true,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
             other if url.is_none() && !other.starts_with('-') => url = Some(other.to_string()),
-            other => bail!(
-                "unknown argument `{other}`; usage: flint-load URL [--connections C] \
-                 [--seconds S] [--body-file F] [--content-type T] [--probe]"
-            ),
+            other => bail!("unknown argument `{other}`; {USAGE}"),
         }
     }
     options.url = url
