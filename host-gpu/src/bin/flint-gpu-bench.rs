@@ -46,9 +46,14 @@ fn run(iters: usize, sizes: &[usize]) -> Result<serde_json::Value, String> {
     let stream = ctx
         .new_stream()
         .map_err(|e| format!("creating a stream: {e:?}"))?;
-    let ptx = cudarc::nvrtc::compile_ptx(NOOP).map_err(|e| format!("NVRTC: {e:?}"))?;
+    let (major, minor) = ctx
+        .compute_capability()
+        .map_err(|e| format!("reading the compute capability: {e:?}"))?;
+    // Compiled the way Flint compiles kernels: a CUBIN for this device, no PTX JIT.
+    let cubin = flint_gpu::cuda::nvrtc::compile(NOOP, &format!("sm_{major}{minor}"))
+        .map_err(|e| e.to_string())?;
     let module = ctx
-        .load_module(ptx)
+        .load_module(cubin.into_module_image())
         .map_err(|e| format!("loading the module: {e:?}"))?;
     let noop = module
         .load_function("noop")

@@ -2,9 +2,9 @@
 //! launched (grid, block, shared memory, the broadcast geometry). The launch geometry is public
 //! so that `tests/cuda_emulation.rs` runs the kernels exactly as the backend launches them.
 
-use crate::error::{ErrorKind, GpuError, GpuResult};
+use super::nvrtc;
+use crate::error::{GpuError, GpuResult};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, DeviceRepr, LaunchConfig};
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts};
 use std::sync::Arc;
 
 /// CUDA C of the built-in ops; semantics match `crate::cpu`.
@@ -187,32 +187,14 @@ impl Builtins {
     }
 }
 
-/// Compiles CUDA C with NVRTC for `arch` (e.g. `sm_90`); a failure carries the NVRTC log.
-/// Needs NVRTC but no device, so it also runs on machines without a GPU.
-pub fn compile_ptx(source: &str, arch: &str) -> GpuResult<Ptx> {
-    let options = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}")],
-        ..Default::default()
-    };
-    compile_ptx_with_opts(source, options).map_err(|error| match error {
-        CompileError::CompileError { log, .. } => GpuError::new(
-            ErrorKind::CompileError,
-            format!(
-                "NVRTC failed to compile the kernel:\n{}",
-                log.to_string_lossy()
-            ),
-        ),
-        other => GpuError::new(ErrorKind::CompileError, format!("NVRTC: {other:?}")),
-    })
-}
-
-/// Compiles CUDA C with NVRTC for `arch` and loads the module into `ctx`.
+/// Compiles CUDA C with NVRTC into a CUBIN for `arch` ([`nvrtc::compile`]) and loads it into
+/// `ctx`.
 pub fn compile_module(
     ctx: &Arc<CudaContext>,
     arch: &str,
     source: &str,
 ) -> GpuResult<Arc<CudaModule>> {
-    let ptx = compile_ptx(source, arch)?;
-    ctx.load_module(ptx)
+    let cubin = nvrtc::compile(source, arch)?;
+    ctx.load_module(cubin.into_module_image())
         .map_err(|e| GpuError::device("loading the compiled module", format!("{e:?}")))
 }

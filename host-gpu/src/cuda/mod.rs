@@ -7,12 +7,12 @@
 
 mod builtins;
 mod context;
+pub mod nvrtc;
 mod timing;
 
 pub(crate) use builtins::compile_module;
 pub use builtins::{
-    BLOCK, Broadcast, MAX_BLOCKS, SOURCE as BUILTINS_SOURCE, compile_ptx, grid_stride_launch,
-    softmax_launch,
+    BLOCK, Broadcast, MAX_BLOCKS, SOURCE as BUILTINS_SOURCE, grid_stride_launch, softmax_launch,
 };
 pub(crate) use context::{ContextBlas, DeviceContext};
 
@@ -116,6 +116,10 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
         return Err("a CUDA device is present but cuBLAS (libcublas) was not found".into());
     }
+    let nvrtc_version = nvrtc::version().map_or("unknown".into(), |(major, minor)| {
+        format!("{major}.{minor}")
+    });
+    let compiles_for = nvrtc::supported_architectures();
     let mut devices = Vec::new();
     for ordinal in 0..count as usize {
         let ctx = CudaContext::new(ordinal)
@@ -126,6 +130,14 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| format!("reading GPU {ordinal}'s compute capability: {e:?}"))?;
+        // Kernels are compiled for the device's own architecture (see `nvrtc`).
+        if !compiles_for.contains(&(major * 10 + minor)) {
+            return Err(format!(
+                "GPU {ordinal} ({name}) is sm_{major}{minor}, which NVRTC {nvrtc_version} does \
+                 not compile for (it does {compiles_for:?}); use the NVRTC of a CUDA toolkit \
+                 that knows this GPU"
+            ));
+        }
         let total = ctx
             .total_mem()
             .map_err(|e| format!("reading GPU {ordinal}'s memory: {e:?}"))?;
@@ -143,17 +155,21 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
             busy_ns: AtomicU64::new(0),
         }));
     }
+    tracing::info!(
+        "CUDA driver {}, NVRTC {nvrtc_version}: kernels compile to machine code for each GPU",
+        driver_version().unwrap_or_else(|| "unknown".into())
+    );
     Ok(devices)
 }
 
-/// Whether NVRTC can be loaded (it compiles kernels without a device); the reason if not.
-pub fn nvrtc_available() -> Result<(), String> {
-    // SAFETY: this only tries to dlopen the library.
-    if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        Ok(())
-    } else {
-        Err("NVRTC (libnvrtc) was not found".into())
-    }
+/// The CUDA version the driver supports, e.g. `13.0`.
+fn driver_version() -> Option<String> {
+    let mut version = 0;
+    // SAFETY: libcuda is loaded and initialized; the pointer is valid for a write.
+    unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
+        .result()
+        .ok()?;
+    Some(format!("{}.{}", version / 1000, version % 1000 / 10))
 }
 
 /// Whether a driver error leaves the context unusable (a "sticky" error).
