@@ -69,6 +69,17 @@ if [ -d "$KIT/a" ]; then
     fi
     export FLINT_BIN_DIR=$KIT/a/bin FLINT_GUESTS_DIR=$KIT/a/guests FLINT_MINILM_DIR=$MODEL_DIR
 fi
+# cudarc finds NVRTC and cuBLAS by name on the loader's path; a CUDA toolkit's lib64 is not
+# always on it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+    for dir in "${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/targets/x86_64-linux/lib; do
+        if compgen -G "$dir/libnvrtc.so*" >/dev/null; then
+            export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            echo "== NVRTC and cuBLAS from $dir" >&2
+            break
+        fi
+    done
+fi
 if [ "${1:-}" = "--tests" ]; then
     [ -d "$KIT/a/tests" ] || { echo "no test binaries in $KIT/a/tests: build the kit" >&2; exit 1; }
     export FLINT_REQUIRE_GPU=1 FLINT_SHARED_DIR=$KIT/a/shared

@@ -111,10 +111,16 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
         return Ok(Vec::new());
     }
     if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        return Err("a CUDA device is present but NVRTC (libnvrtc) was not found".into());
+        return Err(format!(
+            "a CUDA device is present but NVRTC (libnvrtc) was not found{}",
+            toolkit_hint("libnvrtc.so")
+        ));
     }
     if !unsafe { cudarc::cublas::sys::is_culib_present() } {
-        return Err("a CUDA device is present but cuBLAS (libcublas) was not found".into());
+        return Err(format!(
+            "a CUDA device is present but cuBLAS (libcublas) was not found{}",
+            toolkit_hint("libcublas.so")
+        ));
     }
     let nvrtc_version = nvrtc::version().map_or("unknown".into(), |(major, minor)| {
         format!("{major}.{minor}")
@@ -160,6 +166,30 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
         driver_version().unwrap_or_else(|| "unknown".into())
     );
     Ok(devices)
+}
+
+/// Where a CUDA toolkit holds the library `name` (`libnvrtc.so`) but the loader does not
+/// look, how to fix that; empty if no toolkit is found in the usual places.
+fn toolkit_hint(name: &str) -> String {
+    let home = std::env::var("CUDA_HOME").unwrap_or_else(|_| "/usr/local/cuda".into());
+    hint_for(
+        name,
+        &[format!("{home}/lib64"), "/usr/local/cuda/lib64".into()],
+    )
+}
+
+/// [`toolkit_hint`] over the directories `dirs`.
+fn hint_for(name: &str, dirs: &[String]) -> String {
+    dirs.iter()
+        .find(|dir| {
+            std::fs::read_dir(dir).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(name))
+            })
+        })
+        .map(|dir| format!(" on the loader's path; {dir} has it: add it to LD_LIBRARY_PATH"))
+        .unwrap_or_default()
 }
 
 /// The CUDA version the driver supports, e.g. `13.0`.
@@ -737,5 +767,26 @@ impl StreamLease {
         )?;
         self.check("running the kernel", self.stream().synchronize())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint_for;
+
+    #[test]
+    fn a_toolkit_off_the_loader_path_is_named_in_the_hint() {
+        let empty = tempfile::tempdir().unwrap();
+        let toolkit = tempfile::tempdir().unwrap();
+        std::fs::write(toolkit.path().join("libnvrtc.so.13"), b"").unwrap();
+        let dirs = [
+            empty.path().display().to_string(),
+            "/no/such/dir".to_string(),
+            toolkit.path().display().to_string(),
+        ];
+        let hint = hint_for("libnvrtc.so", &dirs);
+        assert!(hint.contains(&dirs[2]), "{hint}");
+        assert!(hint.contains("LD_LIBRARY_PATH"), "{hint}");
+        assert_eq!(hint_for("libcublas.so", &dirs), "", "no cuBLAS anywhere");
     }
 }
