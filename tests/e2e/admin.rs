@@ -191,11 +191,8 @@ fn client_output_into_a_closed_pipe_ends_quietly() {
         &["invoke", "hello"],
     ] {
         // As in `fnctl ls | head -0`: whoever reads the output is gone before it is written.
-        let mut child = std::process::Command::new(crate::support::fnctl_binary())
-            .args(args)
-            .env("FLINT_DATA", &node.data)
-            .env_remove("FNCTL_SERVER")
-            .env_remove("FNCTL_TOKEN")
+        let mut child = node
+            .fnctl_command(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()

@@ -273,11 +273,8 @@ fn guest_output_shows_up_in_fnctl_logs_with_invocation_ids() {
     );
 
     // `-f` prints lines written after it started.
-    let mut follower = std::process::Command::new(crate::support::fnctl_binary())
-        .args(["logs", "raw", "-f", "--tail", "0"])
-        .env("FLINT_DATA", &node.data)
-        .env_remove("FNCTL_SERVER")
-        .env_remove("FNCTL_TOKEN")
+    let mut follower = node
+        .fnctl_command(&["logs", "raw", "-f", "--tail", "0"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -278,15 +278,21 @@ impl Node {
         request(method, &self.admin_url(path), Some(&self.token), body)
     }
 
-    /// Runs `fnctl` against this node (it finds the address and token in the data dir).
-    pub fn fnctl(&self, args: &[&str]) -> Run {
-        let output = Command::new(fnctl_binary())
+    /// `fnctl ARGS` made to talk to this node (through its data dir, whatever the environment
+    /// says), to be run as a test needs it.
+    pub fn fnctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(fnctl_binary());
+        command
             .args(args)
             .env("FLINT_DATA", &self.data)
             .env_remove("FNCTL_SERVER")
-            .env_remove("FNCTL_TOKEN")
-            .output()
-            .expect("running fnctl");
+            .env_remove("FNCTL_TOKEN");
+        command
+    }
+
+    /// Runs `fnctl` against this node (it finds the address and token in the data dir).
+    pub fn fnctl(&self, args: &[&str]) -> Run {
+        let output = self.fnctl_command(args).output().expect("running fnctl");
         Run {
             success: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
