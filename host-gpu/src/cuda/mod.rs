@@ -110,7 +110,7 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
     if count <= 0 {
         return Ok(Vec::new());
     }
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if nvrtc::available().is_err() {
         return Err(format!(
             "a CUDA device is present but NVRTC (libnvrtc) was not found{}",
             toolkit_hint("libnvrtc.so")
