@@ -1,6 +1,7 @@
 //! MiniLM on the CPU backend: embeddings per second at batch 1, 8 and 32 for texts of about
-//! 128 tokens, median of several runs. `cargo bench -p flint-gpu --bench minilm_cpu`
-//! (needs `scripts/install-model.sh`; `FLINT_MINILM_DIR` overrides where the model is).
+//! 128 tokens, median of several runs; then how long tokenizing such batches takes, which on a
+//! GPU is a large part of a request. `cargo bench -p flint-gpu --bench minilm_cpu` (needs
+//! `scripts/install-model.sh`; `FLINT_MINILM_DIR` overrides where the model is).
 
 use flint_gpu::model::EmbeddingModel;
 use std::path::PathBuf;
@@ -37,6 +38,36 @@ fn main() {
         let median = times[runs / 2];
         println!(
             "{batch:>6} {:>12.1} {:>14.1}",
+            median * 1e3,
+            batch as f64 / median
+        );
+    }
+    // Distinct texts, so that no batch repeats one: the rotation changes every text's words.
+    let words: Vec<&str> = sentence.split_whitespace().collect();
+    let texts: Vec<String> = (0..32)
+        .map(|i| {
+            (0..100)
+                .map(|j| words[(i * 7 + j * 3) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let tokens = model.tokenize(&refs[..1]).unwrap()[0].len();
+    println!("\ntokenizing texts of about {tokens} tokens");
+    println!("{:>6} {:>12} {:>14}", "batch", "median ms", "texts/s");
+    for batch in [1usize, 8, 32] {
+        let mut times: Vec<f64> = (0..31)
+            .map(|_| {
+                let started = Instant::now();
+                std::hint::black_box(model.tokenize(&refs[..batch]).unwrap());
+                started.elapsed().as_secs_f64()
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        let median = times[times.len() / 2];
+        println!(
+            "{batch:>6} {:>12.3} {:>14.0}",
             median * 1e3,
             batch as f64 / median
         );

@@ -71,6 +71,28 @@ fn tokenization_matches_exactly() {
 }
 
 #[test]
+fn a_batch_is_tokenized_like_each_text_alone_and_in_order() {
+    // A batch takes the parallel path; repeating the cases makes it long enough to be split
+    // over every thread, with the 256-token case and the empty text among them.
+    let golden = golden();
+    let cases = golden["cases"].as_array().unwrap();
+    let texts: Vec<&str> = (0..4)
+        .flat_map(|_| cases.iter().map(|c| c["text"].as_str().unwrap()))
+        .collect();
+    let batch = model().tokenize(&texts).unwrap();
+    assert_eq!(batch.len(), texts.len());
+    for (i, (text, ids)) in texts.iter().zip(&batch).enumerate() {
+        let want: Vec<u32> = cases[i % cases.len()]["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, &want, "token ids of text {i} of the batch, {text:?}");
+    }
+}
+
+#[test]
 fn each_text_alone_matches_the_golden_embedding() {
     check_each_text_alone(model());
 }

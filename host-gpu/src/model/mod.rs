@@ -25,6 +25,7 @@ pub use config::{BertConfig, SentenceConfig};
 use crate::cuda::CudaDevice;
 use anyhow::{Context, Result, anyhow};
 use cuda_encoder::CudaEncoder;
+use rayon::prelude::*;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
@@ -229,17 +230,24 @@ impl EmbeddingModel {
         &self.config
     }
 
-    /// Token ids of each text, `[CLS] ... [SEP]`, truncated to `max_seq_length`.
+    /// Token ids of each text, `[CLS] ... [SEP]`, truncated to `max_seq_length`, in order.
+    ///
+    /// The texts of a batch are tokenized in parallel on rayon's threads, and without the
+    /// character offsets that only highlighting would need: for 32 texts of about 140 tokens
+    /// that is 2.6 ms instead of 5.3 ms on two cores, and less again on a GPU machine's many
+    /// cores, where tokenizing one text after another would cost more than the forward pass.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        texts
-            .iter()
-            .map(|text| {
-                self.tokenizer
-                    .encode(*text, true)
-                    .map(|encoding| encoding.get_ids().to_vec())
-                    .map_err(|e| anyhow!("tokenizing failed: {e}"))
-            })
-            .collect()
+        let one = |text: &&str| {
+            self.tokenizer
+                .encode_fast(*text, true)
+                .map(|encoding| encoding.get_ids().to_vec())
+                .map_err(|e| anyhow!("tokenizing failed: {e}"))
+        };
+        if texts.len() < 2 {
+            texts.iter().map(one).collect()
+        } else {
+            texts.par_iter().map(one).collect()
+        }
     }
 
     /// Sentence embeddings of already tokenized sequences (ids inside the vocabulary, at most
