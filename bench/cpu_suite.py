@@ -16,6 +16,8 @@ Sections (each can be picked with --only):
             request a cold start) vs no cap
   idle      what an idle server costs: wake-ups and CPU time per second, Flint vs `wasmtime serve`
   minilm    MiniLM embeddings/s on the CPU backend vs PyTorch + sentence-transformers, 2 threads
+  overhead  the same with the model's transformer layers removed on both sides: what each spends
+            around the forward pass (HTTP, guest, tokenizer, pooling; Python for PyTorch)
   batching  64 concurrent single-text clients, dynamic batching vs --no-batching
 """
 
@@ -651,20 +653,21 @@ def flint_embed_rate(node, texts, batch, seconds):
     return done * batch / elapsed
 
 
-def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
-    """MiniLM through examples/embed vs PyTorch + sentence-transformers (`python` runs it on
-    `torch_device`; 0 threads: torch's default), seq 128 and 256, batch 1, 8, 32."""
+def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2, model_dir=MODEL_DIR,
+                 sequence_lengths=(128, 256)):
+    """MiniLM (`model_dir`) through examples/embed vs PyTorch + sentence-transformers (`python`
+    runs it on `torch_device`; 0 threads: torch's default), batch 1, 8, 32."""
     if not os.path.exists(python):
         return {"skipped": f"no Python with PyTorch at {python} (scripts/bench.sh makes one)"}
     node = FlintNode(log_level="warn")
     out = {"torch_device": torch_device}
     try:
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
-        node.add_model("minilm", MODEL_DIR)
+        node.add_model("minilm", model_dir)
         out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
         # Where the model runs (backend, device, and why it fell back to the CPU if it did).
         out["model"] = node.admin_call("GET", "/v1/models")["models"][0]
-        for seq in (128, 256):
+        for seq in sequence_lengths:
             texts = texts_of_tokens(seq, 64)
             with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
                 json.dump(texts, f)
@@ -674,7 +677,7 @@ def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
                 for _ in range(args.runs):
                     flint_runs.append(flint_embed_rate(node, texts, batch, args.seconds))
                     torch = subprocess.run(
-                        [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", MODEL_DIR,
+                        [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", model_dir,
                          "--texts", texts_file, "--batch", str(batch), "--seconds", str(args.seconds),
                          "--device", torch_device, "--threads", str(torch_threads)],
                         capture_output=True, text=True, check=True).stdout
@@ -689,6 +692,32 @@ def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
         return out
     finally:
         node.close()
+
+
+def model_without_layers(parent):
+    """A copy of MiniLM in a new directory under `parent` with no transformer layers (the weights
+    file is linked, and its layers go unused): tokenizer, embeddings, LayerNorm, pooling and the
+    same 384-wide output, but no forward pass to speak of."""
+    path = tempfile.mkdtemp(prefix="minilm-no-layers-", dir=parent)
+    for name in os.listdir(MODEL_DIR):
+        if name != "config.json":
+            os.symlink(os.path.join(MODEL_DIR, name), os.path.join(path, name))
+    with open(os.path.join(MODEL_DIR, "config.json")) as f:
+        config = json.load(f)
+    config["num_hidden_layers"] = 0
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def bench_overhead(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2):
+    """What each side spends around the forward pass: `bench_minilm` at seq 128 with MiniLM
+    stripped of its transformer layers (`model_without_layers`) on both sides, so what is left is
+    HTTP, the guest, tokenizing, embedding lookup, pooling and, for PyTorch, its Python and
+    padding. On a GPU, where the layers cost little, this is much of a request."""
+    with tempfile.TemporaryDirectory(prefix="flint-bench-overhead-") as parent:
+        return bench_minilm(args, python, torch_device, torch_threads,
+                            model_dir=model_without_layers(parent), sequence_lengths=(128,))
 
 
 ONE_TEXT = {"texts": ["one short sentence to embed, as a chat app would send it"]}
@@ -831,9 +860,19 @@ def print_table(results):
                 continue
             rows.append((f"MiniLM CPU embeddings/s, {key}", f"{r['flint']:.1f}", f"PyTorch {r['pytorch']:.1f}",
                          f"{r['ratio']:.2f}x", ">= 1.0x"))
+    rows += overhead_rows(results.get("overhead"))
     if results.get("batching"):
         rows.append(batching_row(results["batching"]))
     print_rows(rows)
+
+
+def overhead_rows(o):
+    """The table rows of an overhead section (none if it did not run or was skipped)."""
+    if not o or "skipped" in o:
+        return []
+    return [(f"MiniLM without its layers (all but the forward pass), embeddings/s, {key}", f"{r['flint']:.1f}",
+             f"PyTorch {r['pytorch']:.1f}", f"{r['ratio']:.2f}x", "")
+            for key, r in o.items() if key.startswith("seq")]
 
 
 def batching_row(b):
@@ -860,7 +899,7 @@ def finish(results, out, table):
 
 
 HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
-SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "cap", "minilm", "batching"]
+SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "cap", "minilm", "overhead", "batching"]
 
 
 def main():
@@ -896,6 +935,8 @@ def main():
             results[section] = bench_cap(args)
         elif section == "minilm":
             results[section] = bench_minilm(args)
+        elif section == "overhead":
+            results[section] = bench_overhead(args)
         elif section == "batching":
             results[section] = bench_batching(args)
     finish(results, args.out, print_table)

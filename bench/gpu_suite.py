@@ -14,6 +14,8 @@ Sections (each can be picked with --only):
             (flint-gpu-bench); 4 KiB ... 256 MiB
   minilm    MiniLM embeddings/s through examples/embed vs PyTorch + sentence-transformers on the
             same GPU, batch 1, 8, 32 at sequence lengths 128 and 256
+  overhead  the same at seq 128 with the model's transformer layers removed on both sides: what
+            each spends around the forward pass (HTTP, guest, tokenizer, pooling; Python)
   batching  64 concurrent single-text clients (flint-load), dynamic batching vs --no-batching
 """
 
@@ -33,7 +35,7 @@ from cpu_suite import BIN_DIR, GUESTS, ROOT, FlintNode, log  # noqa: E402
 GPU_BENCH = os.path.join(BIN_DIR, "flint-gpu-bench")
 LOAD = os.path.join(BIN_DIR, "flint-load")
 SIZES = [4 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
-SECTIONS = ["calls", "minilm", "batching"]
+SECTIONS = ["calls", "minilm", "overhead", "batching"]
 
 
 def transfer_iters(size):
@@ -89,6 +91,10 @@ def bench_minilm(args):
     return cpu_suite.bench_minilm(args, python=args.python, torch_device=args.torch_device, torch_threads=0)
 
 
+def bench_overhead(args):
+    return cpu_suite.bench_overhead(args, python=args.python, torch_device=args.torch_device, torch_threads=0)
+
+
 def bench_batching(args):
     body = os.path.join(tempfile.gettempdir(), "flint-embed-one.json")
     with open(body, "w") as f:
@@ -132,6 +138,7 @@ def print_table(results):
                 rows.append((f"MiniLM embeddings/s, {key}", f"{r['flint']:.1f}",
                              f"PyTorch ({m['torch_device']}) {r['pytorch']:.1f}",
                              f"{r['ratio']:.2f}x", ">= 1.5x at batch 32"))
+    rows += cpu_suite.overhead_rows(results.get("overhead"))
     b = results.get("batching")
     if b:
         rows.append(cpu_suite.batching_row(b))
@@ -154,7 +161,8 @@ def main():
     results = {"machine": machine()}
     for section in args.only or SECTIONS:
         log(f"== {section}")
-        results[section] = {"calls": bench_calls, "minilm": bench_minilm, "batching": bench_batching}[section](args)
+        results[section] = {"calls": bench_calls, "minilm": bench_minilm, "overhead": bench_overhead,
+                            "batching": bench_batching}[section](args)
     cpu_suite.finish(results, args.out, print_table)
 
 
