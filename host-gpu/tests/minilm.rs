@@ -53,6 +53,16 @@ fn check(text: &str, got: &[f32], want: &Value) {
     assert!(cosine >= 0.9999, "{text:?}: cosine {cosine}");
 }
 
+/// The token ids sentence-transformers gave a golden case.
+fn golden_ids(case: &Value) -> Vec<u32> {
+    case["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
+}
+
 #[test]
 fn tokenization_matches_exactly() {
     let golden = golden();
@@ -60,13 +70,7 @@ fn tokenization_matches_exactly() {
     for case in golden["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let ids = &model().tokenize(&[text]).unwrap()[0];
-        let want: Vec<u32> = case["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
-        assert_eq!(ids, &want, "token ids of {text:?}");
+        assert_eq!(ids, &golden_ids(case), "token ids of {text:?}");
     }
 }
 
@@ -82,12 +86,7 @@ fn a_batch_is_tokenized_like_each_text_alone_and_in_order() {
     let batch = model().tokenize(&texts).unwrap();
     assert_eq!(batch.len(), texts.len());
     for (i, (text, ids)) in texts.iter().zip(&batch).enumerate() {
-        let want: Vec<u32> = cases[i % cases.len()]["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = golden_ids(&cases[i % cases.len()]);
         assert_eq!(ids, &want, "token ids of text {i} of the batch, {text:?}");
     }
 }
