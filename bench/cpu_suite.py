@@ -653,45 +653,57 @@ def flint_embed_rate(node, texts, batch, seconds):
     return done * batch / elapsed
 
 
+MINILM_BATCHES = (1, 8, 32)
+
+
 def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2, model_dir=MODEL_DIR,
                  sequence_lengths=(128, 256)):
     """MiniLM (`model_dir`) through examples/embed vs PyTorch + sentence-transformers (`python`
-    runs it on `torch_device`; 0 threads: torch's default), batch 1, 8, 32."""
+    runs it on `torch_device`; 0 threads: torch's default), batch 1, 8, 32. Each run measures
+    every configuration on Flint, then every one on PyTorch in one process (its start costs
+    more than a measurement), the two alternated run by run."""
     if not os.path.exists(python):
         return {"skipped": f"no Python with PyTorch at {python} (scripts/bench.sh makes one)"}
     node = FlintNode(log_level="warn")
     out = {"torch_device": torch_device}
+    texts_dir = tempfile.TemporaryDirectory(prefix="flint-bench-texts-")
     try:
         node.deploy(os.path.join(GUESTS, "embed.wasm"), "embed")
         node.add_model("minilm", model_dir)
         out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
         # Where the model runs (backend, device, and why it fell back to the CPU if it did).
         out["model"] = node.admin_call("GET", "/v1/models")["models"][0]
+        texts, files = {}, []
         for seq in sequence_lengths:
-            texts = texts_of_tokens(seq, 64)
-            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-                json.dump(texts, f)
-                texts_file = f.name
-            for batch in (1, 8, 32):
-                flint_runs, torch_runs = [], []
-                for _ in range(args.runs):
-                    flint_runs.append(flint_embed_rate(node, texts, batch, args.seconds))
-                    torch = subprocess.run(
-                        [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", model_dir,
-                         "--texts", texts_file, "--batch", str(batch), "--seconds", str(args.seconds),
-                         "--device", torch_device, "--threads", str(torch_threads)],
-                        capture_output=True, text=True, check=True).stdout
-                    torch_runs.append(json.loads(torch)["embeddings_per_second"])
-                row = {"flint": statistics.median(flint_runs), "pytorch": statistics.median(torch_runs),
-                       "flint_runs": flint_runs, "pytorch_runs": torch_runs}
-                row["ratio"] = row["flint"] / row["pytorch"]
-                out[f"seq{seq}_batch{batch}"] = row
-                log(f"  seq {seq} batch {batch}: flint {row['flint']:.1f}/s, pytorch {row['pytorch']:.1f}/s, "
-                    f"ratio {row['ratio']:.2f}")
-            os.unlink(texts_file)
+            texts[seq] = texts_of_tokens(seq, 64)
+            files.append(os.path.join(texts_dir.name, f"seq{seq}.json"))
+            with open(files[-1], "w") as f:
+                json.dump(texts[seq], f)
+        configs = [(seq, batch) for seq in sequence_lengths for batch in MINILM_BATCHES]
+        flint_runs = {config: [] for config in configs}
+        torch_runs = {config: [] for config in configs}
+        for _ in range(args.runs):
+            for seq, batch in configs:
+                flint_runs[(seq, batch)].append(flint_embed_rate(node, texts[seq], batch, args.seconds))
+            torch = subprocess.run(
+                [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", model_dir,
+                 "--texts", *files, "--batch", *map(str, MINILM_BATCHES), "--seconds", str(args.seconds),
+                 "--device", torch_device, "--threads", str(torch_threads)],
+                capture_output=True, text=True, check=True).stdout
+            rates = {(r["texts"], r["batch"]): r["embeddings_per_second"] for r in json.loads(torch)["results"]}
+            for seq, batch in configs:
+                torch_runs[(seq, batch)].append(rates[(files[sequence_lengths.index(seq)], batch)])
+        for seq, batch in configs:
+            f, t = flint_runs[(seq, batch)], torch_runs[(seq, batch)]
+            row = {"flint": statistics.median(f), "pytorch": statistics.median(t), "flint_runs": f, "pytorch_runs": t}
+            row["ratio"] = row["flint"] / row["pytorch"]
+            out[f"seq{seq}_batch{batch}"] = row
+            log(f"  seq {seq} batch {batch}: flint {row['flint']:.1f}/s, pytorch {row['pytorch']:.1f}/s, "
+                f"ratio {row['ratio']:.2f}")
         return out
     finally:
         node.close()
+        texts_dir.cleanup()
 
 
 def model_without_layers(parent):
