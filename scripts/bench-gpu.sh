@@ -16,7 +16,8 @@
 # (The working tree travels with each carry too: about 6 MiB, so each call stays under 64 MiB.)
 # Carried paths stay on a warm machine between calls, so: carry `a` and run the `calls`
 # section (it needs no model), then carry `m0` in a second call and `m1` in a third, which runs
-# the rest; the run joins the halves.
+# `--only minilm --only overhead --only batching --seconds 3` (about 4-5 minutes; a session has
+# 15 minutes of device time in all); the run joins the halves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
