@@ -673,11 +673,11 @@ def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2, 
         out["node_gpu"] = node.admin_call("GET", "/v1/gpu")
         # Where the model runs (backend, device, and why it fell back to the CPU if it did).
         out["model"] = node.admin_call("GET", "/v1/models")["models"][0]
-        texts, files = {}, []
+        texts, files = {}, {}
         for seq in sequence_lengths:
             texts[seq] = texts_of_tokens(seq, 64)
-            files.append(os.path.join(texts_dir.name, f"seq{seq}.json"))
-            with open(files[-1], "w") as f:
+            files[seq] = os.path.join(texts_dir.name, f"seq{seq}.json")
+            with open(files[seq], "w") as f:
                 json.dump(texts[seq], f)
         configs = [(seq, batch) for seq in sequence_lengths for batch in MINILM_BATCHES]
         flint_runs = {config: [] for config in configs}
@@ -687,12 +687,12 @@ def bench_minilm(args, python=VENV_PYTHON, torch_device="cpu", torch_threads=2, 
                 flint_runs[(seq, batch)].append(flint_embed_rate(node, texts[seq], batch, args.seconds))
             torch = subprocess.run(
                 [python, os.path.join(ROOT, "bench", "pytorch_minilm.py"), "--model", model_dir,
-                 "--texts", *files, "--batch", *map(str, MINILM_BATCHES), "--seconds", str(args.seconds),
+                 "--texts", *files.values(), "--batch", *map(str, MINILM_BATCHES), "--seconds", str(args.seconds),
                  "--device", torch_device, "--threads", str(torch_threads)],
                 capture_output=True, text=True, check=True).stdout
             rates = {(r["texts"], r["batch"]): r["embeddings_per_second"] for r in json.loads(torch)["results"]}
             for seq, batch in configs:
-                torch_runs[(seq, batch)].append(rates[(files[sequence_lengths.index(seq)], batch)])
+                torch_runs[(seq, batch)].append(rates[(files[seq], batch)])
         for seq, batch in configs:
             f, t = flint_runs[(seq, batch)], torch_runs[(seq, batch)]
             row = {"flint": statistics.median(f), "pytorch": statistics.median(t), "flint_runs": f, "pytorch_runs": t}

@@ -52,15 +52,14 @@ fn main() {
                 .join(" ")
         })
         .collect();
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let tokens = model.tokenize(&refs[..1]).unwrap()[0].len();
+    let tokens = model.tokenize(&texts[..1]).unwrap()[0].len();
     println!("\ntokenizing texts of about {tokens} tokens");
     println!("{:>6} {:>12} {:>14}", "batch", "median ms", "texts/s");
     for batch in [1usize, 8, 32] {
         let mut times: Vec<f64> = (0..31)
             .map(|_| {
                 let started = Instant::now();
-                std::hint::black_box(model.tokenize(&refs[..batch]).unwrap());
+                std::hint::black_box(model.tokenize(&texts[..batch]).unwrap());
                 started.elapsed().as_secs_f64()
             })
             .collect();

@@ -110,9 +110,9 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
     if count <= 0 {
         return Ok(Vec::new());
     }
-    if nvrtc::available().is_err() {
+    if let Err(reason) = nvrtc::available() {
         return Err(format!(
-            "a CUDA device is present but NVRTC (libnvrtc) was not found{}",
+            "a CUDA device is present but {reason}{}",
             toolkit_hint("libnvrtc.so")
         ));
     }

@@ -257,10 +257,10 @@ impl EmbeddingModel {
     /// tokens that is 2.7 ms instead of 5.5 ms on two cores, and less again on a GPU machine's
     /// many cores, where tokenizing one text after another would cost more than the forward
     /// pass. A lone text is tokenized on the caller's thread.
-    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
-        let one = |text: &&str| {
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
+        let one = |text: &S| {
             self.tokenizer
-                .encode_fast(*text, true)
+                .encode_fast(text.as_ref(), true)
                 .map(|encoding| encoding.get_ids().to_vec())
                 .map_err(|e| anyhow!("tokenizing failed: {e}"))
         };

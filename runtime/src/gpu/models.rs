@@ -145,16 +145,12 @@ impl models::HostModel for GpuView<'_> {
             ))));
         }
         let tokenized = if bytes <= INLINE_TOKENIZE_MAX_BYTES {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            model.model.tokenize(&refs)
+            model.model.tokenize(&texts)
         } else {
             let tokenizer_model = model.model.clone();
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-                tokenizer_model.tokenize(&refs)
-            })
-            .await
-            .map_err(|e| wasmtime::format_err!("tokenizer task failed: {e}"))?
+            tokio::task::spawn_blocking(move || tokenizer_model.tokenize(&texts))
+                .await
+                .map_err(|e| wasmtime::format_err!("tokenizer task failed: {e}"))?
         };
         let sequences = match tokenized {
             Ok(sequences) => sequences,
