@@ -174,6 +174,11 @@ impl LoadedFunction {
         Ok((pre, true))
     }
 
+    /// The precompiled artifact it loads from.
+    pub fn artifact(&self) -> &std::path::Path {
+        &self.artifact
+    }
+
     /// Drops the loaded code unless the function is `--keep-warm` (at start, before it serves).
     pub fn unload_unless_warm(&self) {
         if !self.manifest.settings.keep_warm {

@@ -10,7 +10,7 @@ use crate::gpu_budget::GpuSpend;
 use crate::host::InvocationState;
 use crate::idle::Residency;
 use crate::names;
-use crate::registry::{Manifest, Registry};
+use crate::registry::{Manifest, NewArtifact, Registry};
 use crate::router::{RouteMatch, RouteTable};
 use crate::scheduler::Limit;
 use crate::settings::FunctionSettings;
@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 mod sweep;
 
@@ -176,8 +177,48 @@ pub struct DeployOutcome {
     /// The function as it now serves.
     #[serde(flatten)]
     pub function: FunctionInfo,
-    /// Milliseconds spent compiling and linking.
+    /// Milliseconds spent compiling and linking (or, for reused code, checking that it links).
     pub compile_ms: u64,
+    /// The version whose compiled code this one shares, having the same component; `None`:
+    /// compiled for this deploy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reused_code_of: Option<VersionRef>,
+}
+
+/// One version of one function.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionRef {
+    /// The function's name.
+    pub function: String,
+    /// Its version number.
+    pub version: u64,
+}
+
+/// A deployed component, hashed, with its code ready to store (see [`Node::deploy`]).
+struct PreparedCode {
+    component: Vec<u8>,
+    sha256: String,
+    code: Code,
+}
+
+/// Where a new version's code comes from.
+enum Code {
+    /// Compiled for this deploy: the serialized artifact.
+    Compiled(Vec<u8>),
+    /// The code of a served version with the same component, checked to load and link.
+    Reused(Arc<LoadedFunction>),
+}
+
+impl PreparedCode {
+    fn reused_code_of(&self) -> Option<VersionRef> {
+        match &self.code {
+            Code::Compiled(_) => None,
+            Code::Reused(from) => Some(VersionRef {
+                function: from.name.to_string(),
+                version: from.manifest.version,
+            }),
+        }
+    }
 }
 
 impl Node {
@@ -670,52 +711,32 @@ impl Node {
 
         let started = Instant::now();
         let node = self.clone();
-        let (component, artifact) = tokio::task::spawn_blocking(move || {
-            let compiled = function::compile(&node.engine, &component)?;
-            // Linking checks the imports and the export before anything is stored.
-            function::pre_instantiate(&node.linker, &compiled)?;
-            let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
-            anyhow::Ok((component, artifact))
-        })
-        .await
-        .map_err(|e| ApiError::internal(&anyhow!("compile task failed: {e}")))?
-        .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
+        let deploying = name.to_string();
+        let prepared =
+            tokio::task::spawn_blocking(move || node.prepare_code(&deploying, component))
+                .await
+                .map_err(|e| ApiError::internal(&anyhow!("compile task failed: {e}")))?
+                .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
         let compile_ms = started.elapsed().as_millis() as u64;
 
         let _guard = self.changes.lock().await;
         if let Some(conflict) = self.route_conflict(name, &settings) {
             return Err(conflict);
         }
+        let reused_code_of = prepared.reused_code_of();
         let mut manifest = Manifest {
             name: name.to_string(),
             version: 0,
             settings,
-            sha256: hex::encode(Sha256::digest(&component)),
-            component_bytes: component.len() as u64,
+            sha256: prepared.sha256.clone(),
+            component_bytes: prepared.component.len() as u64,
             deployed_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                 .to_string(),
         };
         let node = self.clone();
         let (manifest, pre) = tokio::task::spawn_blocking(move || {
-            let registry = &node.registry;
-            registry.add_version(&mut manifest, &component, &artifact)?;
-            // Serve the stored artifact, as after a restart, rather than the compiled copy: its
-            // code pages are then file-backed (reclaimable, and handed back when parked)
-            // instead of anonymous memory.
-            let paths = registry.paths(&manifest.name, manifest.version);
-            let served = function::deserialize_artifact(&node.engine, &paths.artifact)
-                .and_then(|component| function::pre_instantiate(&node.linker, &component))
-                .and_then(|pre| {
-                    registry.set_current(&manifest.name, manifest.version)?;
-                    Ok(pre)
-                });
-            match served {
-                Ok(pre) => anyhow::Ok((manifest, pre)),
-                Err(error) => {
-                    let _ = registry.discard_version(&manifest.name, manifest.version);
-                    Err(error)
-                }
-            }
+            node.store_version(&mut manifest, prepared)
+                .map(|pre| (manifest, pre))
         })
         .await
         .map_err(|e| ApiError::internal(&anyhow!("registry task failed: {e}")))?
@@ -736,6 +757,9 @@ impl Node {
             function = name,
             version = function.manifest.version,
             compile_ms,
+            reused_code_of = reused_code_of
+                .as_ref()
+                .map(|of| format!("{} v{}", of.function, of.version)),
             "deployed"
         );
         Ok(DeployOutcome {
@@ -743,7 +767,108 @@ impl Node {
                 .describe(&function)
                 .map_err(|e| ApiError::internal(&e))?,
             compile_ms,
+            reused_code_of,
         })
+    }
+
+    /// Hashes an uploaded component and gets its code ready to store: the code of a served
+    /// version with the same bytes if one loads and links (so deploying the same component
+    /// again, under another name or with other settings, compiles nothing), else compiled now.
+    /// Fails, with a message for the deployer, only on a component that does not compile or
+    /// link. Blocking.
+    fn prepare_code(&self, name: &str, component: Vec<u8>) -> Result<PreparedCode> {
+        let sha256 = hex::encode(Sha256::digest(&component));
+        if let Some(from) = self.served_with_sha256(name, &sha256) {
+            // Loaded, its code is known to load and link; otherwise its file is checked.
+            let usable = match from.residency() {
+                Residency::Loaded | Residency::Parked => Ok(()),
+                Residency::Unloaded => {
+                    function::deserialize_artifact(&self.engine, from.artifact())
+                        .and_then(|code| function::pre_instantiate(&self.linker, &code))
+                        .map(drop)
+                }
+            };
+            match usable {
+                Ok(()) => {
+                    return Ok(PreparedCode {
+                        component,
+                        sha256,
+                        code: Code::Reused(from),
+                    });
+                }
+                Err(error) => tracing::warn!(
+                    function = name,
+                    "could not reuse the code of {} v{}, which has the same component \
+                     ({error:#}); compiling it",
+                    from.name,
+                    from.manifest.version
+                ),
+            }
+        }
+        let compiled = function::compile(&self.engine, &component)?;
+        // Linking checks the imports and the export before anything is stored.
+        function::pre_instantiate(&self.linker, &compiled)?;
+        let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
+        Ok(PreparedCode {
+            component,
+            sha256,
+            code: Code::Compiled(artifact),
+        })
+    }
+
+    /// A served function whose current version was deployed from the component with hash
+    /// `sha256`, `name`'s own first.
+    fn served_with_sha256(&self, name: &str, sha256: &str) -> Option<Arc<LoadedFunction>> {
+        let served = self.snapshot();
+        let same = |function: &&Arc<LoadedFunction>| function.manifest.sha256 == sha256;
+        served
+            .functions
+            .get(name)
+            .filter(same)
+            .or_else(|| served.functions.values().find(same))
+            .cloned()
+    }
+
+    /// Writes a prepared version to the registry and makes it current; returns the code it
+    /// serves. That is the stored artifact, mapped from disk as after a restart, rather than
+    /// the compiled copy: its code pages are then file-backed (reclaimable, and handed back
+    /// when parked) instead of anonymous memory. Nothing is left on disk if a step fails.
+    /// Blocking.
+    fn store_version(
+        &self,
+        manifest: &mut Manifest,
+        prepared: PreparedCode,
+    ) -> Result<ProxyPre<InvocationState>> {
+        let registry = &self.registry;
+        let component = &prepared.component;
+        let paths = match &prepared.code {
+            Code::Compiled(artifact) => {
+                registry.add_version(manifest, component, NewArtifact::Compiled(artifact))?
+            }
+            Code::Reused(from) => {
+                let from = registry.paths(&from.manifest.name, from.manifest.version);
+                match registry.add_version(manifest, component, NewArtifact::SameAs(&from)) {
+                    Ok(paths) => paths,
+                    // Its files went away meanwhile (the function was removed): compile after all.
+                    Err(_) => {
+                        let compiled = function::compile(&self.engine, component)?;
+                        let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
+                        let compiled = NewArtifact::Compiled(&artifact);
+                        registry.add_version(manifest, component, compiled)?
+                    }
+                }
+            }
+        };
+        let served = function::deserialize_artifact(&self.engine, &paths.artifact)
+            .and_then(|component| function::pre_instantiate(&self.linker, &component))
+            .and_then(|pre| {
+                registry.set_current(&manifest.name, manifest.version)?;
+                Ok(pre)
+            });
+        if served.is_err() {
+            let _ = registry.discard_version(&manifest.name, manifest.version);
+        }
+        served
     }
 
     /// Switches `name` back to `to`, or to the version before the current one.

@@ -11,6 +11,10 @@
 //! crash mid-deploy never leaves a half-written version visible; `current` is switched by
 //! writing `current.tmp` and renaming it over `current`. Leftover staging directories and
 //! removed functions (`.trash-*`) are cleaned up when the registry is opened.
+//!
+//! Versions deployed from the same component may share one artifact file (hard links, see
+//! [`NewArtifact::SameAs`]). No artifact is ever changed in place: a stale one is replaced by
+//! renaming a new file over it, which leaves the other links as they were.
 
 use crate::settings::FunctionSettings;
 use anyhow::{Context, Result, bail};
@@ -58,6 +62,18 @@ impl VersionPaths {
             dir,
         }
     }
+}
+
+/// Where a new version's precompiled artifact comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum NewArtifact<'a> {
+    /// Freshly compiled: these bytes are written to the version.
+    Compiled(&'a [u8]),
+    /// Another version's, compiled from the same component by the same engine: its artifact
+    /// is hard-linked, so that the two share one file on disk and one copy of their code in
+    /// the page cache (copied where the file system refuses the link); so is its component
+    /// file, if it holds the same bytes.
+    SameAs(&'a VersionPaths),
 }
 
 /// The on-disk store of functions and their versions.
@@ -174,7 +190,7 @@ impl Registry {
         &self,
         manifest: &mut Manifest,
         component: &[u8],
-        artifact: &[u8],
+        artifact: NewArtifact<'_>,
     ) -> Result<VersionPaths> {
         let versions_dir = self.function_dir(&manifest.name).join("versions");
         fs::create_dir_all(&versions_dir)
@@ -189,8 +205,21 @@ impl Registry {
         fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
         let staged = VersionPaths::in_dir(staging.clone());
         let result = (|| -> Result<()> {
-            write_synced(&staged.component, component)?;
-            write_synced(&staged.artifact, artifact)?;
+            match artifact {
+                NewArtifact::Compiled(bytes) => {
+                    write_synced(&staged.component, component)?;
+                    write_synced(&staged.artifact, bytes)?;
+                }
+                NewArtifact::SameAs(existing) => {
+                    link_or_copy(&existing.artifact, &staged.artifact)?;
+                    let same_bytes = fs::read(&existing.component).is_ok_and(|b| b == component);
+                    if !(same_bytes
+                        && fs::hard_link(&existing.component, &staged.component).is_ok())
+                    {
+                        write_synced(&staged.component, component)?;
+                    }
+                }
+            }
             write_synced(&staged.manifest, &serde_json::to_vec_pretty(manifest)?)?;
             sync_dir(&staging)?;
             let target = versions_dir.join(version.to_string());
@@ -272,6 +301,19 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("syncing {}", path.display()))
 }
 
+/// Hard-links `existing` as `path` (made durable by syncing `path`'s directory), or copies it
+/// where linking fails (a file system without hard links, or one at its link limit).
+fn link_or_copy(existing: &Path, path: &Path) -> Result<()> {
+    if fs::hard_link(existing, path).is_ok() {
+        return Ok(());
+    }
+    fs::copy(existing, path)
+        .with_context(|| format!("copying {} to {}", existing.display(), path.display()))?;
+    fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
 fn sync_dir(dir: &Path) -> Result<()> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
@@ -298,7 +340,9 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let registry = Registry::open(data.path()).unwrap();
         let mut first = manifest("hello");
-        registry.add_version(&mut first, b"one", b"art1").unwrap();
+        registry
+            .add_version(&mut first, b"one", NewArtifact::Compiled(b"art1"))
+            .unwrap();
         assert_eq!(first.version, 1);
         assert_eq!(registry.current("hello").unwrap(), None);
         assert!(
@@ -307,7 +351,9 @@ mod tests {
         );
         registry.set_current("hello", 1).unwrap();
         let mut second = manifest("hello");
-        let paths = registry.add_version(&mut second, b"two", b"art2").unwrap();
+        let paths = registry
+            .add_version(&mut second, b"two", NewArtifact::Compiled(b"art2"))
+            .unwrap();
         registry.set_current("hello", 2).unwrap();
         assert_eq!(registry.versions("hello").unwrap(), vec![1, 2]);
         assert_eq!(registry.current("hello").unwrap(), Some(2));
@@ -322,7 +368,9 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let registry = Registry::open(data.path()).unwrap();
         let mut first = manifest("hello");
-        registry.add_version(&mut first, b"one", b"art").unwrap();
+        registry
+            .add_version(&mut first, b"one", NewArtifact::Compiled(b"art"))
+            .unwrap();
         registry.set_current("hello", 1).unwrap();
         // Simulate a crash in the middle of writing version 2 and of a removal.
         let staging = registry.root().join("hello/versions/.staging-2-999");
@@ -338,11 +386,58 @@ mod tests {
     }
 
     #[test]
+    fn a_version_can_share_another_versions_artifact() {
+        use std::os::unix::fs::MetadataExt;
+        let data = tempfile::tempdir().unwrap();
+        let registry = Registry::open(data.path()).unwrap();
+        let mut first = manifest("one");
+        let one = registry
+            .add_version(&mut first, b"same", NewArtifact::Compiled(b"art"))
+            .unwrap();
+        let mut second = manifest("two");
+        let two = registry
+            .add_version(&mut second, b"same", NewArtifact::SameAs(&one))
+            .unwrap();
+        assert_eq!(fs::read(&two.artifact).unwrap(), b"art");
+        let inode = |path: &Path| fs::metadata(path).unwrap().ino();
+        assert_eq!(
+            inode(&one.artifact),
+            inode(&two.artifact),
+            "one file, linked"
+        );
+
+        // Removing one function leaves the other's file; replacing the other's artifact (after
+        // an engine upgrade) writes a new file instead of changing the shared one.
+        registry.remove("one").unwrap();
+        assert_eq!(fs::read(&two.artifact).unwrap(), b"art");
+        let mut third = manifest("three");
+        let three = registry
+            .add_version(&mut third, b"same", NewArtifact::SameAs(&two))
+            .unwrap();
+        let mut odd = manifest("odd");
+        let odd = registry
+            .add_version(&mut odd, b"other", NewArtifact::SameAs(&two))
+            .unwrap();
+        assert_eq!(fs::read(&odd.component).unwrap(), b"other", "not linked");
+        assert_eq!(inode(&odd.artifact), inode(&two.artifact));
+        registry.replace_artifact("two", 1, b"new").unwrap();
+        assert_eq!(fs::read(&two.artifact).unwrap(), b"new");
+        assert_eq!(fs::read(&three.artifact).unwrap(), b"art");
+
+        let mut fourth = manifest("four");
+        let missing = registry.add_version(&mut fourth, b"same", NewArtifact::SameAs(&one));
+        assert!(missing.is_err(), "nothing to link or copy");
+        assert!(registry.versions("four").unwrap().is_empty());
+    }
+
+    #[test]
     fn remove_deletes_everything() {
         let data = tempfile::tempdir().unwrap();
         let registry = Registry::open(data.path()).unwrap();
         let mut first = manifest("bye");
-        registry.add_version(&mut first, b"one", b"art").unwrap();
+        registry
+            .add_version(&mut first, b"one", NewArtifact::Compiled(b"art"))
+            .unwrap();
         registry.set_current("bye", 1).unwrap();
         registry.remove("bye").unwrap();
         assert!(registry.function_names().unwrap().is_empty());

@@ -2,6 +2,7 @@
 //! disk.
 
 use crate::support::{Node, guests, tree};
+use std::time::Duration;
 
 fn assert_nothing_written(node: &Node, name: &str) {
     let functions = node.data.join("functions");
@@ -208,4 +209,99 @@ fn route_conflicts_get_409_and_longest_prefix_wins() {
     );
     // Redeploying the owner with the same route is not a conflict.
     node.deploy(&guests().hello, "hello", &["--route", "/api"]);
+}
+
+/// `dev:ino` of a file, to tell hard links of one file from copies.
+fn file_id(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let metadata = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (metadata.dev(), metadata.ino())
+}
+
+fn artifact(node: &Node, name: &str, version: u64) -> std::path::PathBuf {
+    node.data.join(format!(
+        "functions/{name}/versions/{version}/component.cwasm"
+    ))
+}
+
+#[test]
+fn deploying_the_same_component_again_reuses_its_compiled_code() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path().join("data");
+    let mut node = Node::start_in(&data, &[]);
+    let first = node.deploy(&guests().hello, "hello", &[]);
+    assert!(first.get("reused_code_of").is_none(), "{first}");
+
+    // The same bytes under another name: nothing to compile, one file of each kind on disk.
+    let copy = node.deploy(&guests().hello, "copy", &["--env", "GREETING=Hi"]);
+    assert_eq!(
+        copy["reused_code_of"],
+        serde_json::json!({"function": "hello", "version": 1}),
+        "{copy}"
+    );
+    assert_eq!(
+        file_id(&artifact(&node, "hello", 1)),
+        file_id(&artifact(&node, "copy", 1))
+    );
+    let component = |name: &str| artifact(&node, name, 1).with_file_name("component.wasm");
+    assert_eq!(file_id(&component("hello")), file_id(&component("copy")));
+    let greeted = node.get("/fn/copy/?name=Ada").json();
+    assert_eq!(greeted["message"], "Hi, Ada!");
+    assert_eq!(greeted["function"], "copy");
+    assert_eq!(node.get("/fn/hello/").json()["message"], "Hello, world!");
+
+    // Redeploying a function with other settings reuses its own code, and says so.
+    let hello = guests().hello.to_str().unwrap().to_string();
+    let run = node.fnctl(&["deploy", &hello, "--name", "hello", "--env", "GREETING=Hey"]);
+    assert!(run.success, "{}", run.stderr);
+    assert!(
+        run.stdout
+            .contains("same component as hello version 1: its compiled code is reused"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(node.get("/fn/hello/").json()["message"], "Hey, world!");
+
+    // Other bytes compile.
+    let other = node.deploy(&guests().misbehave, "other", &[]);
+    assert!(other.get("reused_code_of").is_none(), "{other}");
+
+    // The shared file serves both after a restart, and removing one function leaves the other
+    // its code.
+    node.terminate();
+    let node = Node::start_in(&data, &[]);
+    let removed = node.admin_call("DELETE", "/v1/functions/hello", None);
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    assert_eq!(node.get("/fn/copy/").json()["message"], "Hi, world!");
+    let again = node.deploy(&guests().hello, "again", &[]);
+    assert_eq!(
+        again["reused_code_of"],
+        serde_json::json!({"function": "copy", "version": 1}),
+        "{again}"
+    );
+    assert_eq!(node.get("/fn/again/").status, 200);
+}
+
+#[test]
+fn code_that_no_longer_loads_is_compiled_again_instead_of_reused() {
+    let node = Node::start_with(&["--idle-unload", "1s"]);
+    node.deploy(&guests().hello, "first", &[]);
+    node.wait_for_function("first", "unloaded", Duration::from_secs(20), |f| {
+        f["residency"] == "unloaded"
+    });
+    // Damaged on disk while unloaded (replaced, as a file is never changed in place).
+    let damaged = artifact(&node, "first", 1);
+    let tmp = damaged.with_extension("tmp");
+    std::fs::write(&tmp, b"not an artifact").unwrap();
+    std::fs::rename(&tmp, &damaged).unwrap();
+
+    let second = node.deploy(&guests().hello, "second", &[]);
+    assert!(second.get("reused_code_of").is_none(), "{second}");
+    assert_ne!(file_id(&damaged), file_id(&artifact(&node, "second", 1)));
+    assert_eq!(node.get("/fn/second/").json()["function"], "second");
+    assert!(
+        node.log().contains("could not reuse the code of first v1"),
+        "{}",
+        node.log()
+    );
 }

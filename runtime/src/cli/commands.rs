@@ -222,12 +222,19 @@ pub fn deploy(args: DeployArgs) -> Result<ExitCode> {
     if args.client.json {
         return print_json(&value);
     }
+    let code = match value.get("reused_code_of") {
+        Some(of) => format!(
+            "same component as {} version {}: its compiled code is reused",
+            of["function"].as_str().unwrap_or_default(),
+            of["version"]
+        ),
+        None => format!("compiled in {} ms", value["compile_ms"]),
+    };
     outln!(
-        "Deployed {} version {} in {:.1}s (compiled in {} ms)",
+        "Deployed {} version {} in {:.1}s ({code})",
         value["name"].as_str().unwrap_or_default(),
         value["version"],
         started.elapsed().as_secs_f64(),
-        value["compile_ms"]
     );
     outln!("  url:    {}", value["url"].as_str().unwrap_or_default());
     outln!("  routes: {}", join(&value["routes"]));
