@@ -9,7 +9,7 @@ use crate::host::InvocationState;
 use crate::idle::{IdlePolicy, IdleStep, Residency};
 use crate::registry::{Manifest, VersionPaths};
 use crate::scheduler::{Limit, Scheduler};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wasmtime::Engine;
@@ -240,16 +240,16 @@ impl LoadedFunction {
     }
 
     /// Loads a version from disk: deserializes the precompiled artifact, or — if it was made by
-    /// another engine build or is damaged — recompiles the component, hands the new artifact to
-    /// `store_artifact` (which replaces the old one) and serves that stored file, so that its
-    /// code is file-backed like every other function's and parking can hand it back.
+    /// another engine build or is damaged — has `rebuild` replace it (recompiled, or shared
+    /// with a version of the same component; see [`crate::node`]) and load the stored file, so
+    /// that its code is file-backed like every other function's and parking can hand it back.
     pub fn load(
         engine: &Engine,
         linker: &Linker<InvocationState>,
         manifest: Manifest,
         paths: &VersionPaths,
         share: NodeShare,
-        store_artifact: impl FnOnce(&[u8]) -> Result<()>,
+        rebuild: impl FnOnce() -> Result<Component>,
     ) -> Result<Self> {
         let component = match deserialize_artifact(engine, &paths.artifact) {
             Ok(component) => component,
@@ -257,16 +257,9 @@ impl LoadedFunction {
                 tracing::warn!(
                     function = %manifest.name,
                     version = manifest.version,
-                    "precompiled artifact unusable ({error}); recompiling"
+                    "precompiled artifact unusable ({error})"
                 );
-                let bytes = std::fs::read(&paths.component)
-                    .with_context(|| format!("reading {}", paths.component.display()))?;
-                let artifact = compile(engine, &bytes)?
-                    .serialize()
-                    .map_err(|e| anyhow!(e))?;
-                store_artifact(&artifact)?;
-                deserialize_artifact(engine, &paths.artifact)
-                    .context("loading the artifact just recompiled")?
+                rebuild()?
             }
         };
         let pre = pre_instantiate(linker, &component)?;

@@ -10,7 +10,7 @@ use crate::gpu_budget::GpuSpend;
 use crate::host::InvocationState;
 use crate::idle::Residency;
 use crate::names;
-use crate::registry::{Manifest, NewArtifact, Registry};
+use crate::registry::{Manifest, NewArtifact, Registry, VersionPaths};
 use crate::router::{RouteMatch, RouteTable};
 use crate::scheduler::Limit;
 use crate::settings::FunctionSettings;
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Instant;
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 mod sweep;
@@ -193,6 +193,9 @@ pub struct VersionRef {
     /// Its version number.
     pub version: u64,
 }
+
+/// Artifacts known to load with this engine, by the SHA-256 of their component.
+type LoadedArtifacts = Mutex<HashMap<String, VersionPaths>>;
 
 /// A deployed component, hashed, with its code ready to store (see [`Node::deploy`]).
 struct PreparedCode {
@@ -470,17 +473,26 @@ impl Node {
                     .map(|(name, error)| (format!("model {name}"), error)),
             );
         let mut loaded = Vec::new();
+        let artifacts = Arc::new(LoadedArtifacts::default());
         for name in names {
             let node = self.clone();
             let result = tokio::task::spawn_blocking({
                 let name = name.clone();
-                move || node.load_current(&name)
+                let artifacts = artifacts.clone();
+                move || node.load_current(&name, &artifacts)
             })
             .await
             .map_err(|e| anyhow!("loader task failed: {e}"))
             .and_then(|r| r);
             match result {
                 Ok(function) => {
+                    let manifest = &function.manifest;
+                    let paths = self.registry.paths(&manifest.name, manifest.version);
+                    artifacts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(manifest.sha256.clone())
+                        .or_insert(paths);
                     // Scale to zero across restarts: with idle unloading on, a function starts
                     // unloaded (it was loaded once to check its artifact) and its first request
                     // loads it, so thousands of idle functions cost little memory.
@@ -542,26 +554,90 @@ impl Node {
         }
     }
 
-    fn load_current(&self, name: &str) -> Result<LoadedFunction> {
+    fn load_current(&self, name: &str, loaded: &LoadedArtifacts) -> Result<LoadedFunction> {
         let version = self
             .registry
             .current(name)?
             .with_context(|| format!("function `{name}` has no current version"))?;
-        self.load_version(name, version)
+        self.load_version(name, version, loaded)
     }
 
-    fn load_version(&self, name: &str, version: u64) -> Result<LoadedFunction> {
+    /// Loads one version of a function; `loaded`: artifacts known to load, which one of the
+    /// same component can share should its own be unusable.
+    fn load_version(
+        &self,
+        name: &str,
+        version: u64,
+        loaded: &LoadedArtifacts,
+    ) -> Result<LoadedFunction> {
         let manifest = self.registry.manifest(name, version)?;
         let paths = self.registry.paths(name, version);
+        let sha256 = manifest.sha256.clone();
         LoadedFunction::load(
             &self.engine,
             &self.linker,
             manifest,
             &paths,
             self.share(name),
-            |artifact| self.registry.replace_artifact(name, version, artifact),
+            || self.rebuild_artifact(name, version, &sha256, loaded),
         )
         .with_context(|| format!("loading `{name}` version {version}"))
+    }
+
+    /// Replaces the unusable artifact of `name` version `version` and loads it: a link to the
+    /// artifact of a version with the same component that loads with this engine (one in
+    /// `loaded`, or a served one), so that after an engine upgrade functions deployed from one
+    /// component are compiled once and share their code again; else it is recompiled. Blocking.
+    fn rebuild_artifact(
+        &self,
+        name: &str,
+        version: u64,
+        sha256: &str,
+        loaded: &LoadedArtifacts,
+    ) -> Result<Component> {
+        let paths = self.registry.paths(name, version);
+        let known = loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sha256)
+            .cloned();
+        let same = known.or_else(|| {
+            self.served_with_sha256(name, sha256)
+                .map(|f| self.registry.paths(&f.manifest.name, f.manifest.version))
+        });
+        if let Some(from) = same {
+            match self
+                .registry
+                .replace_artifact(name, version, NewArtifact::SameAs(&from))
+                .and_then(|()| function::deserialize_artifact(&self.engine, &paths.artifact))
+            {
+                Ok(component) => {
+                    tracing::info!(
+                        function = name,
+                        version,
+                        "reusing the artifact of {}, compiled from the same component",
+                        from.dir.display()
+                    );
+                    return Ok(component);
+                }
+                Err(error) => tracing::warn!(
+                    function = name,
+                    version,
+                    "could not reuse the artifact of {} ({error:#})",
+                    from.dir.display()
+                ),
+            }
+        }
+        tracing::warn!(function = name, version, "recompiling");
+        let bytes = std::fs::read(&paths.component)
+            .with_context(|| format!("reading {}", paths.component.display()))?;
+        let artifact = function::compile(&self.engine, &bytes)?
+            .serialize()
+            .map_err(|e| anyhow!(e))?;
+        self.registry
+            .replace_artifact(name, version, NewArtifact::Compiled(&artifact))?;
+        function::deserialize_artifact(&self.engine, &paths.artifact)
+            .context("loading the artifact just recompiled")
     }
 
     /// Whether every deployed function has been loaded (what `/readyz` reports).
@@ -905,7 +981,7 @@ impl Node {
         let node = self.clone();
         let owned_name = name.to_string();
         let function = tokio::task::spawn_blocking(move || {
-            let function = node.load_version(&owned_name, target)?;
+            let function = node.load_version(&owned_name, target, &LoadedArtifacts::default())?;
             node.registry.set_current(&owned_name, target)?;
             anyhow::Ok(function)
         })

@@ -234,11 +234,22 @@ impl Registry {
         Ok(self.paths(&manifest.name, version))
     }
 
-    /// Rewrites a version's precompiled artifact (after an engine upgrade made it stale).
-    pub fn replace_artifact(&self, name: &str, version: u64, artifact: &[u8]) -> Result<()> {
+    /// Replaces a version's precompiled artifact (after an engine upgrade made it stale) by
+    /// renaming a new file over it: written, or linked to another version's artifact
+    /// ([`NewArtifact::SameAs`]; the component file stays as it is).
+    pub fn replace_artifact(
+        &self,
+        name: &str,
+        version: u64,
+        artifact: NewArtifact<'_>,
+    ) -> Result<()> {
         let paths = self.paths(name, version);
         let tmp = paths.dir.join("component.cwasm.tmp");
-        write_synced(&tmp, artifact)?;
+        let _ = fs::remove_file(&tmp);
+        match artifact {
+            NewArtifact::Compiled(bytes) => write_synced(&tmp, bytes)?,
+            NewArtifact::SameAs(existing) => link_or_copy(&existing.artifact, &tmp)?,
+        }
         fs::rename(&tmp, &paths.artifact)
             .with_context(|| format!("replacing {}", paths.artifact.display()))?;
         sync_dir(&paths.dir)
@@ -420,7 +431,9 @@ mod tests {
             .unwrap();
         assert_eq!(fs::read(&odd.component).unwrap(), b"other", "not linked");
         assert_eq!(inode(&odd.artifact), inode(&two.artifact));
-        registry.replace_artifact("two", 1, b"new").unwrap();
+        registry
+            .replace_artifact("two", 1, NewArtifact::Compiled(b"new"))
+            .unwrap();
         assert_eq!(fs::read(&two.artifact).unwrap(), b"new");
         assert_eq!(fs::read(&three.artifact).unwrap(), b"art");
 

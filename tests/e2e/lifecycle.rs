@@ -73,6 +73,48 @@ fn a_damaged_artifact_is_recompiled_stored_and_served_from_its_file() {
 }
 
 #[test]
+fn functions_of_one_component_are_recompiled_once_and_share_the_new_artifact() {
+    use std::os::unix::fs::MetadataExt;
+    let mut node = Node::start();
+    for name in ["one", "two", "three"] {
+        node.deploy(
+            &guests().hello,
+            name,
+            &["--env", &format!("GREETING={name}")],
+        );
+    }
+    assert!(node.terminate().success());
+    // As after an engine upgrade: the one artifact the three share is unusable.
+    let artifact = |name: &str| {
+        node.data
+            .join(format!("functions/{name}/versions/1/component.cwasm"))
+    };
+    std::fs::write(artifact("one"), b"\x7fELF but not an artifact").unwrap();
+    assert_eq!(
+        std::fs::read(artifact("three")).unwrap(),
+        b"\x7fELF but not an artifact"
+    );
+
+    let restarted = Node::start_in(&node.data, &[]);
+    for name in ["one", "two", "three"] {
+        let reply = restarted.get(&format!("/fn/{name}/"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert_eq!(reply.json()["message"], format!("{name}, world!"));
+    }
+    let log = restarted.log();
+    assert_eq!(log.matches("recompiling").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("compiled from the same component").count(),
+        2,
+        "{log}"
+    );
+    let inode = |name: &str| std::fs::metadata(artifact(name)).unwrap().ino();
+    assert_eq!(inode("one"), inode("two"));
+    assert_eq!(inode("one"), inode("three"));
+    drop(restarted);
+}
+
+#[test]
 fn kill_9_loses_nothing_that_was_deployed() {
     let mut node = Node::start();
     node.deploy(&guests().hello, "hello", &[]);
