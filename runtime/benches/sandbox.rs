@@ -112,9 +112,7 @@ fn main() -> Result<()> {
     let artifact = data.path().join("bench.cwasm");
     std::fs::write(
         &artifact,
-        flint_runtime::function::compile(&engine, &bytes)?
-            .serialize()
-            .map_err(|e| anyhow::anyhow!(e))?,
+        flint_runtime::function::precompile(&engine, &bytes)?,
     )?;
     let rounds = (iterations / 20).max(50);
     let (mut deserialize, mut link, mut first) = (Vec::new(), Vec::new(), Vec::new());

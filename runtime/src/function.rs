@@ -281,6 +281,18 @@ pub fn deserialize_artifact(engine: &Engine, artifact: &std::path::Path) -> Resu
         .map_err(|e| anyhow!("loading {}: {e}", artifact.display()))
 }
 
+/// [`compile`]s a component and serializes it: the precompiled artifact the registry stores.
+pub fn precompile(engine: &Engine, bytes: &[u8]) -> Result<Vec<u8>> {
+    serialize(&compile(engine, bytes)?)
+}
+
+/// The precompiled artifact of a compiled component.
+pub fn serialize(component: &Component) -> Result<Vec<u8>> {
+    component
+        .serialize()
+        .map_err(|e| anyhow!("serializing the compiled component: {e}"))
+}
+
 /// Compiles uploaded bytes into a component, with an author-friendly error for the usual
 /// mistakes (not wasm at all, a core module).
 pub fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component> {

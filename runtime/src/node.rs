@@ -631,9 +631,7 @@ impl Node {
         tracing::warn!(function = name, version, "recompiling");
         let bytes = std::fs::read(&paths.component)
             .with_context(|| format!("reading {}", paths.component.display()))?;
-        let artifact = function::compile(&self.engine, &bytes)?
-            .serialize()
-            .map_err(|e| anyhow!(e))?;
+        let artifact = function::precompile(&self.engine, &bytes)?;
         self.registry
             .replace_artifact(name, version, NewArtifact::Compiled(&artifact))?;
         function::deserialize_artifact(&self.engine, &paths.artifact)
@@ -884,7 +882,7 @@ impl Node {
         let compiled = function::compile(&self.engine, &component)?;
         // Linking checks the imports and the export before anything is stored.
         function::pre_instantiate(&self.linker, &compiled)?;
-        let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
+        let artifact = function::serialize(&compiled)?;
         Ok(PreparedCode {
             component,
             sha256,
@@ -927,8 +925,7 @@ impl Node {
                     Ok(paths) => paths,
                     // Its files went away meanwhile (the function was removed): compile after all.
                     Err(_) => {
-                        let compiled = function::compile(&self.engine, component)?;
-                        let artifact = compiled.serialize().map_err(|e| anyhow!(e))?;
+                        let artifact = function::precompile(&self.engine, component)?;
                         let compiled = NewArtifact::Compiled(&artifact);
                         registry.add_version(manifest, component, compiled)?
                     }
