@@ -846,24 +846,18 @@ impl Node {
     }
 
     /// Hashes an uploaded component and gets its code ready to store: the code of a served
-    /// version with the same bytes if one loads and links (so deploying the same component
+    /// version with the same bytes if its artifact loads and links (so deploying the same component
     /// again, under another name or with other settings, compiles nothing), else compiled now.
     /// Fails, with a message for the deployer, only on a component that does not compile or
     /// link. Blocking.
     fn prepare_code(&self, name: &str, component: Vec<u8>) -> Result<PreparedCode> {
         let sha256 = hex::encode(Sha256::digest(&component));
         if let Some(from) = self.served_with_sha256(name, &sha256) {
-            // Loaded, its code is known to load and link; otherwise its file is checked.
-            let usable = match from.residency() {
-                Residency::Loaded | Residency::Parked => Ok(()),
-                Residency::Unloaded => {
-                    function::deserialize_artifact(&self.engine, from.artifact())
-                        .and_then(|code| function::pre_instantiate(&self.linker, &code))
-                        .map(drop)
-                }
-            };
+            // The file the new version will serve is checked to load and link.
+            let usable = function::deserialize_artifact(&self.engine, from.artifact())
+                .and_then(|code| function::pre_instantiate(&self.linker, &code));
             match usable {
-                Ok(()) => {
+                Ok(_) => {
                     return Ok(PreparedCode {
                         component,
                         sha256,
