@@ -129,7 +129,10 @@ class FlintNode:
         not compile a component again that it already serves (it reuses that code), and each
         measured function is to stand for a function of its own."""
         with open(wasm, "rb") as f:
-            component = with_custom_section(f.read(), name)
+            return self.deploy_bytes(with_custom_section(f.read(), name), name, query)
+
+    def deploy_bytes(self, component, name, query=""):
+        """Deploys the component `component` (bytes) as `name`, as it is."""
         return self.admin_call("POST", f"/v1/functions/{name}/versions?{query}", component, "application/wasm")
 
     def wait_for_residency(self, residency, name=None, timeout=120, poll=1.0):
@@ -397,7 +400,7 @@ def deploy_to_first_answer(node, runs):
         with open(path, "rb") as f:
             component = f.read()
         times = {"new": [], "same": []}
-        node.admin_call("POST", f"/v1/functions/deploy-{name}-served/versions", component, "application/wasm")
+        node.deploy_bytes(component, f"deploy-{name}-served")
         # The componentize-py component takes seconds to compile on 2 cores: fewer runs.
         for i in range(runs if name == "hello" else min(runs, 3)):
             for kind in ("new", "same"):
@@ -405,7 +408,7 @@ def deploy_to_first_answer(node, runs):
                 function = f"deploy-{name}-{kind}-{i}"
                 conn = http.client.HTTPConnection(host, int(port))
                 started = time.perf_counter()
-                answer = node.admin_call("POST", f"/v1/functions/{function}/versions", body, "application/wasm")
+                answer = node.deploy_bytes(body, function)
                 timed_get(conn, f"/fn/{function}/")
                 times[kind].append((time.perf_counter() - started) * 1000)
                 conn.close()

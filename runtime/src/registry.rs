@@ -416,6 +416,11 @@ mod tests {
             inode(&two.artifact),
             "one file, linked"
         );
+        assert_eq!(
+            inode(&one.component),
+            inode(&two.component),
+            "same bytes, linked"
+        );
 
         // Removing one function leaves the other's file; replacing the other's artifact (after
         // an engine upgrade) writes a new file instead of changing the shared one.
