@@ -12,6 +12,8 @@ Sections (each can be picked with --only):
   cold      first request after scale to zero (unloaded, and parked) vs warm, for hello, embed
             and the componentize-py component; deploy-to-first-answer
   density   node memory with 1, 100 and 1000 deployed idle functions
+  template  one component deployed as many functions vs as many distinct components: node
+            memory, and the first request after an unload while a sibling is loaded
   cap       the worst case of --max-loaded: round robin over twice as many functions (every
             request a cold start) vs no cap
   idle      what an idle server costs: wake-ups and CPU time per second, Flint vs `wasmtime serve`
@@ -451,6 +453,95 @@ def bench_cold(args):
     finally:
         for peer in peers.values():
             peer.close()
+
+
+def template_memory(wasm, count, same):
+    """Node RSS above an empty node with `count` functions of `wasm`, each called once: right
+    after (loaded) and once they parked. `same`: every function deployed from the same bytes
+    (one component, many functions), else each from bytes of its own (which it compiles)."""
+    node = FlintNode("--idle-park", "2s", "--idle-unload", "1h", log_level="warn")
+    try:
+        empty = rss_bytes(node.proc.pid)
+        with open(wasm, "rb") as f:
+            component = f.read()
+        # The first deploy compiles; with `same`, the others reuse its code.
+        node.deploy_bytes(component if same else with_custom_section(component, "t0"), "t0")
+        with concurrent.futures.ThreadPoolExecutor(2) as deployers:
+            list(deployers.map(
+                lambda i: node.deploy_bytes(component, f"t{i}") if same else node.deploy(wasm, f"t{i}"),
+                range(1, count)))
+        node.wait_for_residency("parked", timeout=60, poll=0.2)
+        host, port = node.public.split(":")
+        conn = http.client.HTTPConnection(host, int(port))
+        for i in range(count):
+            timed_get(conn, f"/fn/t{i}/")
+        conn.close()
+        loaded = rss_bytes(node.proc.pid)
+        node.wait_for_residency("parked", timeout=60, poll=0.2)
+        time.sleep(1)
+        parked = rss_bytes(node.proc.pid)
+        return {"loaded_mib": (loaded - empty) / 2**20, "parked_mib": (parked - empty) / 2**20}
+    finally:
+        node.close()
+
+
+def first_requests_of_tenants(wasm, body, args):
+    """The first request to an unloaded function while another function deployed from the
+    same component is loaded (`--keep-warm`), alternated with the first request to an unloaded
+    function of a component of its own, after the same idle time."""
+    node = FlintNode("--idle-unload", "1s", "--idle-park", "0")
+    try:
+        with open(wasm, "rb") as f:
+            component = f.read()
+        node.deploy_bytes(component, "tenant-warm", "keep_warm=true")
+        node.deploy_bytes(component, "tenant")
+        node.deploy(wasm, "alone")
+        client = Probe(f"http://{node.public}/", body)
+        try:
+            for _ in range(3):
+                client.get("/fn/tenant/")
+                client.get("/fn/alone/")
+            tenant, alone = [], []
+            for _ in range(args.cold_runs):
+                node.wait_for_residency("unloaded", "tenant", timeout=30, poll=0.1)
+                node.wait_for_residency("unloaded", "alone", timeout=30, poll=0.1)
+                time.sleep(IDLE_SECONDS)
+                tenant.append(client.get("/fn/tenant/"))
+                time.sleep(IDLE_SECONDS)
+                alone.append(client.get("/fn/alone/"))
+        finally:
+            client.close()
+        stats = node.admin_call("GET", "/v1/stats")["functions"]
+        return {"tenant_unloaded_ms": statistics.median(tenant), "alone_unloaded_ms": statistics.median(alone),
+                "runs": len(tenant), "tenant_cold_starts_counted": stats["tenant"]["cold_starts"],
+                "alone_cold_starts_counted": stats["alone"]["cold_starts"]}
+    finally:
+        node.close()
+
+
+def bench_template(args):
+    """One component deployed as many functions (a template per tenant) against as many
+    functions each deployed from a component of its own: node memory with the functions
+    loaded and parked, and the first request after an unload while a sibling is loaded."""
+    wasm = {"hello": (os.path.join(GUESTS, "hello.wasm"), args.template_functions)}
+    if os.path.exists(HEAVY_WASM):
+        # Each distinct componentize-py function compiles for seconds on 2 cores: fewer.
+        wasm["heavy"] = (HEAVY_WASM, max(2, args.template_functions // 10))
+    out = {}
+    for name, (path, count) in wasm.items():
+        r = {"functions": count}
+        for same in (True, False):
+            memory = template_memory(path, count, same)
+            for key, value in memory.items():
+                r[("same_" if same else "distinct_") + key] = value
+        r.update(first_requests_of_tenants(path, None, args))
+        out[name] = r
+        log(f"  {name}, {count} functions, each called once: one component "
+            f"{r['same_loaded_mib']:.1f} MiB loaded, {r['same_parked_mib']:.1f} MiB parked; "
+            f"distinct components {r['distinct_loaded_mib']:.1f} / {r['distinct_parked_mib']:.1f} MiB. "
+            f"First request after an unload, a sibling loaded {r['tenant_unloaded_ms']:.3f} ms, "
+            f"alone {r['alone_unloaded_ms']:.3f} ms")
+    return out
 
 
 def thread_activity(pid):
@@ -904,6 +995,16 @@ def print_table(results):
             rows.append((f"node RSS, {count} just deployed ({r['loaded_functions']} loaded)",
                          f"{r['loaded_rss_mib']:.1f} MiB", growth("loaded_rss_mib"), "", ""))
             previous = count
+    for name, r in (results.get("template") or {}).items():
+        label = "componentize-py hello" if name == "heavy" else name
+        for state in ("loaded", "parked"):
+            same, distinct = r[f"same_{state}_mib"], r[f"distinct_{state}_mib"]
+            rows.append((f"{label}: {r['functions']} functions of one component, {state}, node RSS above empty",
+                         f"{same:.1f} MiB", f"{r['functions']} distinct components {distinct:.1f} MiB",
+                         f"{same / distinct:.2f}x", ""))
+        rows.append((f"{label}: first request after scale to zero, a sibling loaded",
+                     f"{r['tenant_unloaded_ms']:.3f} ms", f"no sibling {r['alone_unloaded_ms']:.3f} ms",
+                     f"{r['tenant_unloaded_ms'] / r['alone_unloaded_ms']:.2f}x", ""))
     m = results.get("cap")
     if m:
         rows.append((f"hello, round robin over {m['functions']} functions, --max-loaded {m['max_loaded']}: req/s, c=1",
@@ -962,7 +1063,7 @@ def finish(results, out, table):
 
 
 HEADER = ("measure", "flint", "peer (same run)", "ratio", "target")
-SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "cap", "minilm", "overhead", "batching"]
+SECTIONS = ["sandbox", "hello", "heavy", "cold", "idle", "density", "template", "cap", "minilm", "overhead", "batching"]
 
 
 def main():
@@ -973,6 +1074,8 @@ def main():
     parser.add_argument("--cold-runs", type=int, default=10)
     parser.add_argument("--sandbox-iterations", type=int, default=20000)
     parser.add_argument("--density", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--template-functions", type=int, default=100,
+                        help="functions per component in `template` (a tenth for componentize-py)")
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "bench", "cpu.json"))
     args = parser.parse_args()
     for tool in ("wrk",):
@@ -994,6 +1097,8 @@ def main():
             results[section] = bench_idle(args)
         elif section == "density":
             results[section] = bench_density(args)
+        elif section == "template":
+            results[section] = bench_template(args)
         elif section == "cap":
             results[section] = bench_cap(args)
         elif section == "minilm":

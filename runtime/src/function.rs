@@ -9,9 +9,9 @@ use crate::host::InvocationState;
 use crate::idle::{IdlePolicy, IdleStep, Residency};
 use crate::registry::{Manifest, VersionPaths};
 use crate::scheduler::{Limit, Scheduler};
+use crate::shared_code::{CodeCache, ResidentHold, SharedCode};
 use anyhow::{Result, anyhow, bail};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -24,10 +24,11 @@ pub struct LoadedFunction {
     pub name: Arc<str>,
     /// Environment variables, shared by every invocation.
     pub env: Arc<[(String, String)]>,
-    /// The pre-instantiated component; `None` while unloaded for being idle.
-    code: std::sync::Mutex<Option<ProxyPre<InvocationState>>>,
-    /// Whether its code pages were given back (see [`crate::idle`]).
-    parked: std::sync::atomic::AtomicBool,
+    /// Its pre-instantiated component, shared with the functions deployed from the same one
+    /// ([`crate::shared_code`]), and whether it is parked.
+    code: std::sync::Mutex<Holding>,
+    /// Where functions of one component find its code.
+    code_cache: Arc<CodeCache>,
     /// Told when its code becomes resident again, so that the idle sweep schedules it.
     wake_sweep: Arc<tokio::sync::Notify>,
     /// One reload at a time.
@@ -58,6 +59,19 @@ pub struct NodeShare {
     pub holdings: Arc<flint_gpu::Holdings>,
     /// The idle sweep's wake-up: told when a function's code becomes resident.
     pub wake_sweep: Arc<tokio::sync::Notify>,
+    /// The node's components in memory, shared by the functions deployed from each.
+    pub code_cache: Arc<CodeCache>,
+}
+
+/// What a function holds of its code.
+#[derive(Debug)]
+enum Holding {
+    /// Nothing: its next request loads the code.
+    Unloaded,
+    /// The code, resident.
+    Resident(ResidentHold),
+    /// The code, its pages given back unless a sibling holds it resident.
+    Parked(Arc<SharedCode>),
 }
 
 /// Artifacts up to this size are reloaded on the worker thread of the request that needs them:
@@ -77,15 +91,16 @@ impl std::fmt::Debug for LoadedFunction {
 }
 
 impl LoadedFunction {
-    /// Wraps a pre-instantiated component with its manifest and the artifact it came from.
+    /// Wraps a component's code with the manifest of a version deployed from it and the
+    /// artifact that version reloads from.
     pub fn new(
         manifest: Manifest,
-        pre: ProxyPre<InvocationState>,
+        code: Arc<SharedCode>,
         artifact: std::path::PathBuf,
         share: NodeShare,
     ) -> Self {
         let settings = &manifest.settings;
-        let uses_gpu = imports_gpu(&pre);
+        let uses_gpu = imports_gpu(code.pre());
         let mut scheduler = Scheduler::new(settings.max_concurrency, settings.queue_depth);
         if uses_gpu {
             scheduler = scheduler.with_gpu_limits(settings.max_gpu_concurrency, share.gpu_slots);
@@ -101,8 +116,8 @@ impl LoadedFunction {
             gpu_budget: settings
                 .gpu_function_memory_bytes
                 .map(|bytes| flint_gpu::MemoryBudget::new("function's GPU memory quota", bytes)),
-            code: std::sync::Mutex::new(Some(pre)),
-            parked: std::sync::atomic::AtomicBool::new(false),
+            code: std::sync::Mutex::new(Holding::Resident(code.hold_resident())),
+            code_cache: share.code_cache,
             wake_sweep: share.wake_sweep,
             reload: tokio::sync::Mutex::new(()),
             artifact,
@@ -114,34 +129,54 @@ impl LoadedFunction {
 
     /// Where its code is now.
     pub fn residency(&self) -> Residency {
-        let loaded = self
-            .code
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some();
-        match (loaded, self.parked.load(Ordering::Relaxed)) {
-            (false, _) => Residency::Unloaded,
-            (true, true) => Residency::Parked,
-            (true, false) => Residency::Loaded,
+        match &*self.holding() {
+            Holding::Unloaded => Residency::Unloaded,
+            Holding::Resident(_) => Residency::Loaded,
+            Holding::Parked(_) => Residency::Parked,
         }
     }
 
-    /// The pre-instantiated component, reloaded from the precompiled artifact if it was
-    /// unloaded; the flag says whether this call had to load it (a cold start). A parked
-    /// function is simply marked loaded again: its pages fault back in as it runs.
+    fn holding(&self) -> std::sync::MutexGuard<'_, Holding> {
+        self.code.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pre-instantiated component if it holds it, marked resident again if it was parked
+    /// (its pages fault back in as it runs).
+    fn held_code(&self) -> Option<ProxyPre<InvocationState>> {
+        let mut holding = self.holding();
+        let code = match &*holding {
+            Holding::Unloaded => return None,
+            Holding::Resident(hold) => return Some(hold.code().pre().clone()),
+            Holding::Parked(code) => code.clone(),
+        };
+        *holding = Holding::Resident(code.hold_resident());
+        drop(holding);
+        self.wake_sweep.notify_one();
+        Some(code.pre().clone())
+    }
+
+    /// The pre-instantiated component, loaded again if it was unloaded: taken from a function
+    /// of the same component that holds it ([`crate::shared_code`]), else reloaded from the
+    /// precompiled artifact. The flag says whether this call read it from disk (a cold start).
+    /// A parked function is simply marked loaded again.
     pub async fn code(
         &self,
         linker: &Arc<Linker<InvocationState>>,
     ) -> Result<(ProxyPre<InvocationState>, bool)> {
-        if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-            if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::Relaxed) {
-                self.wake_sweep.notify_one();
-            }
+        if let Some(pre) = self.held_code() {
             return Ok((pre, false));
         }
         let _one_at_a_time = self.reload.lock().await;
-        if let Some(pre) = self.code.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(pre) = self.held_code() {
             return Ok((pre, false));
+        }
+        if let Some(code) = self.code_cache.get(&self.manifest.sha256) {
+            tracing::debug!(
+                function = %self.name,
+                version = self.manifest.version,
+                "took the code of a function deployed from the same component"
+            );
+            return Ok((self.hold(code), false));
         }
         let linker = linker.clone();
         let artifact = self.artifact.clone();
@@ -160,9 +195,7 @@ impl LoadedFunction {
                 .await
                 .map_err(|e| anyhow!("reload task failed: {e}"))??
         };
-        self.parked.store(false, Ordering::Relaxed);
-        *self.code.lock().unwrap_or_else(|e| e.into_inner()) = Some(pre.clone());
-        self.wake_sweep.notify_one();
+        let pre = self.hold(self.code_cache.share(&self.manifest.sha256, pre));
         tracing::info!(
             function = %self.name,
             version = self.manifest.version,
@@ -172,6 +205,14 @@ impl LoadedFunction {
             "reloaded after being idle"
         );
         Ok((pre, true))
+    }
+
+    /// Holds `code` resident from now on (it was unloaded) and tells the idle sweep.
+    fn hold(&self, code: Arc<SharedCode>) -> ProxyPre<InvocationState> {
+        let pre = code.pre().clone();
+        *self.holding() = Holding::Resident(code.hold_resident());
+        self.wake_sweep.notify_one();
+        pre
     }
 
     /// The precompiled artifact it loads from.
@@ -192,10 +233,12 @@ impl LoadedFunction {
         self.idle_time().filter(|_| !self.scheduler.busy())
     }
 
-    /// Drops its spare sandboxes and its component: the next request reloads it.
+    /// Drops its spare sandboxes and its hold on the component's code (freed with the last
+    /// function holding it): the next request loads it again.
     pub fn unload(&self) {
         self.spares.clear();
-        self.code.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let held = std::mem::replace(&mut *self.holding(), Holding::Unloaded);
+        drop(held);
     }
 
     /// How long nothing has run or waited here ([`Scheduler::idle_time`]); `None` for a
@@ -217,15 +260,25 @@ impl LoadedFunction {
         match step {
             IdleStep::Unload => self.unload(),
             IdleStep::Park => {
-                let pre = self
-                    .code
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()?;
-                self.parked.store(true, Ordering::Relaxed);
+                let code = {
+                    let mut holding = self.holding();
+                    let Holding::Resident(hold) = &*holding else {
+                        return None;
+                    };
+                    let code = hold.code().clone();
+                    // Dropping the hold counts this function out of the code's resident holders.
+                    *holding = Holding::Parked(code.clone());
+                    code
+                };
+                if code.resident_holders() > 0 {
+                    tracing::info!(
+                        function = %self.name,
+                        "kept its code pages: a function of the same component is resident"
+                    );
+                    return Some(step);
+                }
                 // A request that arrives meanwhile faults back what it needs.
-                let image = pre.instance_pre().component().image_range();
-                match crate::code_pages::release(image) {
+                match code.release_code_pages() {
                     Ok(bytes) => {
                         tracing::debug!(function = %self.name, bytes, "released code pages")
                     }
@@ -263,9 +316,12 @@ impl LoadedFunction {
             }
         };
         let pre = pre_instantiate(linker, &component)?;
+        // A function of the same component may hold its code already: then that is shared
+        // and this copy, which checked the version's own artifact, is dropped.
+        let code = share.code_cache.share(&manifest.sha256, pre);
         Ok(LoadedFunction::new(
             manifest,
-            pre,
+            code,
             paths.artifact.clone(),
             share,
         ))

@@ -3,14 +3,17 @@
 //! - **Loaded**: its pre-instantiated component is in memory, its code pages resident, and it
 //!   may have spare sandboxes ready.
 //! - **Parked** (after `--idle-park`): its code pages are handed back to the OS
-//!   ([`crate::code_pages`]), but the component's metadata and its linking stay (about
+//!   ([`crate::code_pages`]) unless a function deployed from the same component is resident
+//!   (they share the code, see [`crate::shared_code`]), but the component's metadata and its
+//!   linking stay (about
 //!   110 KiB for `hello`, 1.8 MiB of heap for a componentize-py one), and so do its spare
 //!   sandboxes: dropping them freed no measurable memory (their pooled slots keep their pages
 //!   resident for the next instance either way) and cost a componentize-py function 1.3 ms on
 //!   its next request. The next request faults back in only the pages it runs: no reload.
 //! - **Unloaded** (after `--idle-unload`): the component and its spares are dropped too,
-//!   leaving a few KiB. The next request reloads it from the precompiled artifact on disk: a
-//!   cold start.
+//!   leaving a few KiB. The next request loads it again: it takes the code of a function of
+//!   the same component that holds it, or reloads it from the precompiled artifact on disk (a
+//!   cold start).
 //!
 //! However recently they were called, at most `--max-loaded` functions keep their component in
 //! memory (loaded or parked): beyond that, the least recently used ones unload

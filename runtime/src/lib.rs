@@ -41,5 +41,6 @@ pub mod sandbox;
 pub mod scheduler;
 pub mod server;
 pub mod settings;
+pub mod shared_code;
 pub mod token;
 pub mod units;

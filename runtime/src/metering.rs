@@ -254,6 +254,9 @@ pub struct Metrics {
     /// Deployed functions by where their code is: loaded, parked, unloaded (set at scrape
     /// time).
     pub functions: IntGaugeVec,
+    /// Components whose code is in memory, each shared by the functions deployed from it
+    /// (set at scrape time; see [`crate::shared_code`]).
+    pub components: IntGauge,
     /// Functions unloaded, by reason: `idle` (`--idle-unload`) or `max_loaded`.
     pub unloads: IntCounterVec,
 }
@@ -322,6 +325,10 @@ impl Metrics {
             ),
             &["residency"],
         )?;
+        let components = IntGauge::new(
+            "flint_components_in_memory",
+            "Components whose code is in memory (functions deployed from one component share it)",
+        )?;
         let unloads = IntCounterVec::new(
             Opts::new(
                 "flint_unloads_total",
@@ -330,6 +337,7 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(functions.clone()))?;
+        registry.register(Box::new(components.clone()))?;
         registry.register(Box::new(unloads.clone()))?;
         registry.register(Box::new(gpu_busy.clone()))?;
         registry.register(Box::new(gpu_invocations.clone()))?;
@@ -356,6 +364,7 @@ impl Metrics {
             gpu_busy,
             gpu_invocations,
             functions,
+            components,
             unloads,
         })
     }

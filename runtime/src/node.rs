@@ -14,6 +14,7 @@ use crate::registry::{Manifest, NewArtifact, Registry, VersionPaths};
 use crate::router::{RouteMatch, RouteTable};
 use crate::scheduler::Limit;
 use crate::settings::FunctionSettings;
+use crate::shared_code::CodeCache;
 use crate::units::{format_duration, format_size};
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
@@ -108,6 +109,8 @@ pub struct Node {
     /// Wakes the idle sweep when a function is deployed or loaded, or called after being
     /// parked or unloaded: one more to schedule.
     wake_sweep: Arc<tokio::sync::Notify>,
+    /// The components in memory, each shared by the functions deployed from it.
+    code_cache: Arc<CodeCache>,
 }
 
 /// A function as the admin API describes it.
@@ -208,15 +211,16 @@ struct PreparedCode {
 enum Code {
     /// Compiled for this deploy: the serialized artifact.
     Compiled(Vec<u8>),
-    /// The code of a served version with the same component, checked to load and link.
-    Reused(Arc<LoadedFunction>),
+    /// The code of a served version with the same component: that version, and its
+    /// artifact loaded and linked (the check that it still loads).
+    Reused(Arc<LoadedFunction>, ProxyPre<InvocationState>),
 }
 
 impl PreparedCode {
     fn reused_code_of(&self) -> Option<VersionRef> {
         match &self.code {
             Code::Compiled(_) => None,
-            Code::Reused(from) => Some(VersionRef {
+            Code::Reused(from, _) => Some(VersionRef {
                 function: from.name.to_string(),
                 version: from.manifest.version,
             }),
@@ -264,6 +268,7 @@ impl Node {
             public_addr: OnceLock::new(),
             invocations: AtomicU64::new(0),
             wake_sweep: Arc::default(),
+            code_cache: Arc::default(),
         }))
     }
 
@@ -327,6 +332,7 @@ impl Node {
                 .or_insert_with(|| flint_gpu::Holdings::new(format!("function `{name}`")))
                 .clone(),
             wake_sweep: self.wake_sweep.clone(),
+            code_cache: self.code_cache.clone(),
         }
     }
 
@@ -368,6 +374,11 @@ impl Node {
         let mut functions: Vec<_> = served.functions.values().cloned().collect();
         functions.sort_by(|a, b| a.name.cmp(&b.name));
         functions
+    }
+
+    /// How many components have their code in memory (functions deployed from one share it).
+    pub fn components_in_memory(&self) -> usize {
+        self.code_cache.len()
     }
 
     /// How many served functions are loaded, parked and unloaded.
@@ -418,6 +429,7 @@ impl Node {
                 .with_label_values(&[residency.name()])
                 .set(count as i64);
         }
+        metrics.components.set(self.code_cache.len() as i64);
         let mut text = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(error) = encoder.encode_utf8(&metrics.registry.gather(), &mut text) {
@@ -817,9 +829,12 @@ impl Node {
         .map_err(|e| ApiError::internal(&e))?;
 
         let artifact = self.registry.paths(name, manifest.version).artifact;
+        // Functions deployed from this component already may hold its code: then the new
+        // version shares it (see `crate::shared_code`).
+        let code = self.code_cache.share(&manifest.sha256, pre);
         let function = Arc::new(LoadedFunction::new(
             manifest,
-            pre,
+            code,
             artifact,
             self.share(name),
         ));
@@ -857,11 +872,11 @@ impl Node {
             let usable = function::deserialize_artifact(&self.engine, from.artifact())
                 .and_then(|code| function::pre_instantiate(&self.linker, &code));
             match usable {
-                Ok(_) => {
+                Ok(pre) => {
                     return Ok(PreparedCode {
                         component,
                         sha256,
-                        code: Code::Reused(from),
+                        code: Code::Reused(from, pre),
                     });
                 }
                 Err(error) => tracing::warn!(
@@ -898,10 +913,11 @@ impl Node {
     }
 
     /// Writes a prepared version to the registry and makes it current; returns the code it
-    /// serves. That is the stored artifact, mapped from disk as after a restart, rather than
+    /// serves. That is a stored artifact, mapped from disk as after a restart, rather than
     /// the compiled copy: its code pages are then file-backed (reclaimable, and handed back
-    /// when parked) instead of anonymous memory. Nothing is left on disk if a step fails.
-    /// Blocking.
+    /// when parked) instead of anonymous memory. Reused code was loaded from the file the new
+    /// version's artifact links to, when it was checked. Nothing is left on disk if a step
+    /// fails. Blocking.
     fn store_version(
         &self,
         manifest: &mut Manifest,
@@ -909,14 +925,18 @@ impl Node {
     ) -> Result<ProxyPre<InvocationState>> {
         let registry = &self.registry;
         let component = &prepared.component;
-        let paths = match &prepared.code {
+        let mut checked = None;
+        let paths = match prepared.code {
             Code::Compiled(artifact) => {
-                registry.add_version(manifest, component, NewArtifact::Compiled(artifact))?
+                registry.add_version(manifest, component, NewArtifact::Compiled(&artifact))?
             }
-            Code::Reused(from) => {
+            Code::Reused(from, pre) => {
                 let from = registry.paths(&from.manifest.name, from.manifest.version);
                 match registry.add_version(manifest, component, NewArtifact::SameAs(&from)) {
-                    Ok(paths) => paths,
+                    Ok(paths) => {
+                        checked = Some(pre);
+                        paths
+                    }
                     // Its files went away meanwhile (the function was removed): compile after all.
                     Err(_) => {
                         let artifact = function::precompile(&self.engine, component)?;
@@ -926,12 +946,15 @@ impl Node {
                 }
             }
         };
-        let served = function::deserialize_artifact(&self.engine, &paths.artifact)
-            .and_then(|component| function::pre_instantiate(&self.linker, &component))
-            .and_then(|pre| {
-                registry.set_current(&manifest.name, manifest.version)?;
-                Ok(pre)
-            });
+        let loaded = match checked {
+            Some(pre) => Ok(pre),
+            None => function::deserialize_artifact(&self.engine, &paths.artifact)
+                .and_then(|component| function::pre_instantiate(&self.linker, &component)),
+        };
+        let served = loaded.and_then(|pre| {
+            registry.set_current(&manifest.name, manifest.version)?;
+            Ok(pre)
+        });
         if served.is_err() {
             let _ = registry.discard_version(&manifest.name, manifest.version);
         }

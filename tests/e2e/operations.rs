@@ -1,7 +1,7 @@
 //! Operations: usage records, `fnctl usage` and `fnctl stats`, and Prometheus metrics, checked
 //! against exactly what the test sent.
 
-use crate::support::{Node, guests, request};
+use crate::support::{Node, distinct_copy, guests, request};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -326,7 +326,10 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
         "0",
     ]);
     node.deploy(&guests().hello, "hello", &[]);
-    node.deploy(&guests().hello, "warm", &["--keep-warm"]);
+    // A component of its own: one deployed from the same bytes would share hello's code and
+    // keep it resident (see `functions_of_one_component_share_their_code`).
+    let warm = distinct_copy(&guests().hello, "warm");
+    node.deploy(&warm, "warm", &["--keep-warm"]);
     assert_eq!(node.get("/fn/hello/?name=first").status, 200);
     assert_eq!(node.get("/fn/warm/").status, 200);
     node.wait_for_function("hello", "2 spares", Duration::from_secs(20), |f| {
@@ -410,6 +413,118 @@ fn idle_functions_are_parked_then_resume_without_reloading_then_unload() {
 }
 
 #[test]
+fn functions_of_one_component_share_their_code() {
+    let node = Node::start_with(&["--idle-park", "0", "--idle-unload", "500ms"]);
+    let components = || {
+        let metrics = parse_metrics(&request("GET", &node.admin_url("/metrics"), None, None).body);
+        let info = node.admin_call("GET", "/v1/node", None).json();
+        assert_eq!(
+            info["components_in_memory"].as_f64(),
+            Some(metrics["flint_components_in_memory"]),
+            "{info}"
+        );
+        metrics["flint_components_in_memory"]
+    };
+    node.deploy(&guests().hello, "template", &["--keep-warm"]);
+    node.deploy(&guests().hello, "tenant", &["--env", "GREETING=Hi"]);
+    node.deploy(&distinct_copy(&guests().hello, "other"), "other", &[]);
+    assert_eq!(components(), 2.0, "three functions, two components");
+
+    let unloaded = |f: &Value| f["residency"] == "unloaded";
+    node.wait_for_function("tenant", "unloaded", Duration::from_secs(20), unloaded);
+    node.wait_for_function("other", "unloaded", Duration::from_secs(20), unloaded);
+    assert_eq!(components(), 1.0, "`other` was the only holder of its code");
+
+    // The tenant's own artifact is damaged, so a reload from disk would fail; it takes the
+    // code its sibling holds instead, and runs it with its own settings.
+    let artifact = node
+        .data
+        .join("functions/tenant/versions/1/component.cwasm");
+    let tmp = artifact.with_extension("tmp");
+    std::fs::write(&tmp, b"not an artifact").unwrap();
+    std::fs::rename(&tmp, &artifact).unwrap();
+    let reply = node.get("/fn/tenant/?name=Ada");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["message"], "Hi, Ada!");
+    assert_eq!(reply.json()["function"], "tenant");
+    assert_eq!(node.function("tenant")["residency"], "loaded");
+    // A function with no sibling in memory reloads from disk: a cold start.
+    let reply = node.get("/fn/other/?name=Bo");
+    assert_eq!(reply.json()["message"], "Hello, Bo!");
+    let records = usage_records(&node, 2);
+    assert_eq!(records[0]["function"], "tenant");
+    assert_eq!(records[0]["cold_start"], false, "{records:?}");
+    assert_eq!(records[1]["function"], "other");
+    assert_eq!(records[1]["cold_start"], true, "{records:?}");
+    let log = node.log();
+    let reloads: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reloaded after being idle"))
+        .collect();
+    assert!(reloads.len() == 1 && reloads[0].contains("other"), "{log}");
+    assert_eq!(components(), 2.0);
+
+    // Once no function holds it, the code is freed with the last holder.
+    let removed = node.admin_call("DELETE", "/v1/functions/template", None);
+    assert_eq!(removed.status, 200, "{}", removed.body);
+    node.wait_for_function("tenant", "unloaded", Duration::from_secs(20), unloaded);
+    node.wait_for_function("other", "unloaded", Duration::from_secs(20), unloaded);
+    assert_eq!(components(), 0.0);
+    // Its damaged artifact now fails the tenant's reload, with a clear error, while the
+    // others serve on.
+    let reply = node.get("/fn/tenant/");
+    assert_eq!(reply.status, 500, "{}", reply.body);
+    assert!(reply.body.contains("component.cwasm"), "{}", reply.body);
+    assert_eq!(node.get("/fn/other/").status, 200);
+}
+
+#[test]
+fn parking_keeps_the_code_pages_of_a_component_a_sibling_runs() {
+    let node = Node::start_with(&["--idle-park", "1s", "--idle-unload", "0"]);
+    node.deploy(&guests().hello, "a", &[]);
+    node.deploy(&guests().hello, "b", &[]);
+    // Both map the file `a` was deployed with (`b`'s artifact is a link to it).
+    let artifact = node.data.join("functions/a/versions/1/component.cwasm");
+    assert_eq!(node.get("/fn/a/").status, 200);
+
+    // `a` goes idle and parks while `b` keeps being called: the pages stay for `b`.
+    let parked = |f: &Value| f["residency"] == "parked";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.function("a")["residency"] != "parked" {
+        assert!(Instant::now() < deadline, "a never parked: {}", node.log());
+        assert_eq!(node.get("/fn/b/").status, 200);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(node.function("b")["residency"], "loaded");
+    let log = node.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("kept its code pages") && l.contains(r#"function=a"#)),
+        "{log}"
+    );
+    let resident = node.resident_code_bytes(&artifact);
+    assert!(resident > 0, "the code b runs stays resident");
+
+    // Once `b` parks too, nobody runs the code: its pages are handed back.
+    node.wait_for_function("b", "parked", Duration::from_secs(20), parked);
+    assert_eq!(
+        node.resident_code_bytes(&artifact),
+        0,
+        "parking the last resident function hands the pages back (before: {resident} bytes)"
+    );
+    // Either answers again without a reload.
+    assert_eq!(
+        node.get("/fn/a/?name=again").json()["message"],
+        "Hello, again!"
+    );
+    assert!(
+        !node.log().contains("reloaded after being idle"),
+        "{}",
+        node.log()
+    );
+}
+
+#[test]
 fn beyond_max_loaded_the_least_recently_used_functions_unload() {
     // Idle parking and unloading off: only the cap unloads.
     let node = Node::start_with(&[
@@ -427,13 +542,14 @@ fn beyond_max_loaded_the_least_recently_used_functions_unload() {
             .to_string()
     };
     let unloaded = |f: &Value| f["residency"] == "unloaded";
+    // Three components, so that each reloads on its own.
     node.deploy(&guests().hello, "warm", &["--keep-warm"]);
-    node.deploy(&guests().hello, "a", &[]);
+    node.deploy(&distinct_copy(&guests().hello, "a"), "a", &[]);
     assert_eq!(node.get("/fn/a/").status, 200);
     assert_eq!(residency("a"), "loaded", "two are within the cap");
 
     // A third: `a`, idle the longest of those that may go, unloads (`warm` counts, but stays).
-    node.deploy(&guests().hello, "b", &[]);
+    node.deploy(&distinct_copy(&guests().hello, "b"), "b", &[]);
     node.wait_for_function("a", "unloaded", Duration::from_secs(20), unloaded);
     assert_eq!(residency("b"), "loaded");
     assert_eq!(residency("warm"), "loaded");
@@ -508,7 +624,12 @@ fn functions_busy_when_over_max_loaded_unload_once_they_finish() {
 fn idle_functions_unload_and_come_back_as_counted_cold_starts() {
     let node = Node::start_with(&["--idle-unload", "300ms", "--spare-after", "0"]);
     node.deploy(&guests().hello, "hello", &[]);
-    node.deploy(&guests().hello, "warm", &["--keep-warm"]);
+    // A component of its own, so that hello reloads from disk.
+    node.deploy(
+        &distinct_copy(&guests().hello, "warm"),
+        "warm",
+        &["--keep-warm"],
+    );
     assert_eq!(node.get("/fn/hello/?name=first").status, 200);
     assert_eq!(node.get("/fn/warm/").status, 200);
 

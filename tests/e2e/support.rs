@@ -70,6 +70,47 @@ pub fn guests() -> &'static Guests {
     })
 }
 
+/// A copy of the component at `wasm` with a custom section naming `tag` appended: it runs the
+/// same, but to a node it is another component (compiled and loaded on its own), as another
+/// build of the same code would be. Functions deployed from the same bytes share their code
+/// (see `flint_runtime::shared_code`); tests about one function's reload use a copy of its own.
+pub fn distinct_copy(wasm: &Path, tag: &str) -> PathBuf {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    let name = b"flint-test";
+    let mut payload = Vec::new();
+    leb128(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut bytes = std::fs::read(wasm).unwrap_or_else(|e| panic!("{}: {e}", wasm.display()));
+    bytes.push(0); // custom section
+    leb128(payload.len(), &mut bytes);
+    bytes.extend_from_slice(&payload);
+
+    let dir = repo_root()
+        .join("target")
+        .join("wasm-guests")
+        .join("copies");
+    std::fs::create_dir_all(&dir).unwrap();
+    let stem = wasm.file_stem().unwrap().to_str().unwrap();
+    let path = dir.join(format!("{stem}-{tag}.wasm"));
+    // Written aside and renamed, as tests running at once may write the same copy.
+    static WRITES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let write = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{stem}-{tag}.{}-{write}.tmp", std::process::id()));
+    std::fs::write(&tmp, &bytes).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
 /// An HTTP answer.
 #[derive(Debug)]
 pub struct Reply {

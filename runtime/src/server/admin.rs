@@ -166,6 +166,7 @@ fn node_info(node: &Node) -> Response<ResponseBody> {
             "max_instances": node.options().engine.max_instances,
             "functions": node.function_names().len(),
             "functions_by_residency": residency,
+            "components_in_memory": node.components_in_memory(),
             "idle_park": idle.park_after.map(crate::units::format_duration),
             "idle_unload": idle.unload_after.map(crate::units::format_duration),
             "max_loaded": idle.max_loaded,
