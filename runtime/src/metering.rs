@@ -84,7 +84,9 @@ pub struct UsageRecord {
     pub outcome: Outcome,
     /// The HTTP status answered.
     pub status: u16,
-    /// Whether the function's code had to be loaded for it (after an idle unload).
+    /// Whether the function's code had to be loaded from disk for it (after an idle unload;
+    /// not when a function deployed from the same component held it, see
+    /// [`crate::shared_code`]).
     pub cold_start: bool,
     /// Wall time from arrival to the end of the response, microseconds.
     pub wall_us: u64,
