@@ -238,6 +238,7 @@ impl LoadedFunction {
     pub fn unload(&self) {
         self.spares.clear();
         let held = std::mem::replace(&mut *self.holding(), Holding::Unloaded);
+        // Dropped outside the lock: freeing the last hold takes the code cache's lock.
         drop(held);
     }
 
