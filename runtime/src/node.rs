@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, TryLockError, Weak};
 use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
@@ -111,6 +111,12 @@ pub struct Node {
     wake_sweep: Arc<tokio::sync::Notify>,
     /// The components in memory, each shared by the functions deployed from it.
     code_cache: Arc<CodeCache>,
+    /// Deploys of one component (by SHA-256) go one at a time, so that the second of two
+    /// deploys of new bytes reuses the first's code instead of compiling it again.
+    deploys_by_component: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+    /// One compile at a time: wasmtime compiles a component on every core already, and each
+    /// compile holds hundreds of MiB for a large component while it runs.
+    compiling: Mutex<()>,
 }
 
 /// A function as the admin API describes it.
@@ -269,6 +275,8 @@ impl Node {
             invocations: AtomicU64::new(0),
             wake_sweep: Arc::default(),
             code_cache: Arc::default(),
+            deploys_by_component: Mutex::default(),
+            compiling: Mutex::default(),
         }))
     }
 
@@ -643,10 +651,10 @@ impl Node {
         tracing::warn!(function = name, version, "recompiling");
         let bytes = std::fs::read(&paths.component)
             .with_context(|| format!("reading {}", paths.component.display()))?;
-        let artifact = function::precompile(&self.engine, &bytes);
-        crate::heap::release_freed();
+        let artifact =
+            self.compile_one_at_a_time(name, || function::precompile(&self.engine, &bytes))?;
         self.registry
-            .replace_artifact(name, version, NewArtifact::Compiled(&artifact?))?;
+            .replace_artifact(name, version, NewArtifact::Compiled(&artifact))?;
         function::deserialize_artifact(&self.engine, &paths.artifact)
             .context("loading the artifact just recompiled")
     }
@@ -797,10 +805,19 @@ impl Node {
         }
 
         let started = Instant::now();
+        let (component, sha256) = tokio::task::spawn_blocking(move || {
+            let sha256 = hex::encode(Sha256::digest(&component));
+            (component, sha256)
+        })
+        .await
+        .map_err(|e| ApiError::internal(&anyhow!("hashing task failed: {e}")))?;
+        // Held until the new version serves, so that a deploy of the same bytes waiting here
+        // finds it served and reuses its code.
+        let _same_component = self.deploy_lock(&sha256).lock_owned().await;
         let node = self.clone();
         let deploying = name.to_string();
         let prepared =
-            tokio::task::spawn_blocking(move || node.prepare_code(&deploying, component))
+            tokio::task::spawn_blocking(move || node.prepare_code(&deploying, component, sha256))
                 .await
                 .map_err(|e| ApiError::internal(&anyhow!("compile task failed: {e}")))?
                 .map_err(|e| ApiError::invalid(format!("{e:#}")))?;
@@ -866,8 +883,7 @@ impl Node {
     /// again, under another name or with other settings, compiles nothing), else compiled now.
     /// Fails, with a message for the deployer, only on a component that does not compile or
     /// link. Blocking.
-    fn prepare_code(&self, name: &str, component: Vec<u8>) -> Result<PreparedCode> {
-        let sha256 = hex::encode(Sha256::digest(&component));
+    fn prepare_code(&self, name: &str, component: Vec<u8>, sha256: String) -> Result<PreparedCode> {
         if let Some(from) = self.served_with_sha256(name, &sha256) {
             // The file the new version will serve is checked to load and link.
             let usable = function::deserialize_artifact(&self.engine, from.artifact())
@@ -889,11 +905,8 @@ impl Node {
                 ),
             }
         }
-        let compiled = function::compile(&self.engine, &component);
-        // Compiling leaves what the compiler freed in the allocator's arenas: about 240 MiB
-        // for the componentize-py hello world, held until the process exits. Give it back.
-        crate::heap::release_freed();
-        let compiled = compiled?;
+        let compiled =
+            self.compile_one_at_a_time(name, || function::compile(&self.engine, &component))?;
         // Linking checks the imports and the export before anything is stored.
         function::pre_instantiate(&self.linker, &compiled)?;
         let artifact = function::serialize(&compiled)?;
@@ -902,6 +915,50 @@ impl Node {
             sha256,
             code: Code::Compiled(artifact),
         })
+    }
+
+    /// The lock that deploys of the component with hash `sha256` take in turn.
+    fn deploy_lock(&self, sha256: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .deploys_by_component
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = locks.get(sha256).and_then(Weak::upgrade) {
+            return lock;
+        }
+        locks.retain(|_, lock| lock.strong_count() > 0);
+        let lock = Arc::default();
+        locks.insert(sha256.to_string(), Arc::downgrade(&lock));
+        lock
+    }
+
+    /// Runs `compile` for `name` once no other compile runs, then gives back to the OS what
+    /// the compiler freed: glibc keeps it in its arenas (about 240 MiB after the
+    /// componentize-py hello world) until the process exits. Blocking.
+    fn compile_one_at_a_time<T>(
+        &self,
+        name: &str,
+        compile: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        let _one_at_a_time = match self.compiling.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                tracing::info!(function = name, "waiting for another compile to finish");
+                self.compiling.lock().unwrap_or_else(|e| e.into_inner())
+            }
+        };
+        let started = Instant::now();
+        tracing::info!(function = name, "compiling");
+        let compiled = compile();
+        crate::heap::release_freed();
+        tracing::info!(
+            function = name,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = compiled.is_ok(),
+            "compiled"
+        );
+        compiled
     }
 
     /// A served function whose current version was deployed from the component with hash

@@ -1,7 +1,7 @@
 //! Deploying: the happy path and every bad input, each a clear JSON error with nothing left on
 //! disk.
 
-use crate::support::{Node, guests, tree};
+use crate::support::{Node, distinct_copy, guests, tree};
 
 fn assert_nothing_written(node: &Node, name: &str) {
     let functions = node.data.join("functions");
@@ -306,4 +306,80 @@ fn code_that_no_longer_loads_is_compiled_again_instead_of_reused() {
         "{}",
         node.log()
     );
+}
+
+#[test]
+fn deploys_of_the_same_new_component_at_once_compile_it_once() {
+    let node = Node::start();
+    let wasm = distinct_copy(&guests().hello, "burst");
+    let start = std::sync::Barrier::new(4);
+    let answers: Vec<serde_json::Value> = std::thread::scope(|scope| {
+        let deploys: Vec<_> = (0..4)
+            .map(|i| {
+                let (node, wasm, start) = (&node, &wasm, &start);
+                scope.spawn(move || {
+                    start.wait();
+                    node.deploy(wasm, &format!("burst{i}"), &[])
+                })
+            })
+            .collect();
+        deploys.into_iter().map(|d| d.join().unwrap()).collect()
+    });
+    let compiled: Vec<&serde_json::Value> = answers
+        .iter()
+        .filter(|a| a.get("reused_code_of").is_none())
+        .collect();
+    assert_eq!(
+        compiled.len(),
+        1,
+        "one compiles, the others wait and reuse: {answers:?}"
+    );
+    let first = compiled[0]["name"].as_str().unwrap();
+    for i in 0..4 {
+        let name = format!("burst{i}");
+        assert_eq!(
+            file_id(&artifact(&node, &name, 1)),
+            file_id(&artifact(&node, first, 1)),
+            "{name} shares {first}'s artifact"
+        );
+        assert_eq!(node.get(&format!("/fn/{name}/")).json()["function"], name);
+    }
+    assert_eq!(node.log().matches("compiling").count(), 1, "{}", node.log());
+}
+
+#[test]
+fn components_compile_one_at_a_time() {
+    let node = Node::start();
+    let copies: Vec<_> = (0..3)
+        .map(|i| distinct_copy(&guests().hello, &format!("queue{i}")))
+        .collect();
+    let start = std::sync::Barrier::new(3);
+    std::thread::scope(|scope| {
+        for (i, wasm) in copies.iter().enumerate() {
+            let (node, start) = (&node, &start);
+            scope.spawn(move || {
+                start.wait();
+                let deployed = node.deploy(wasm, &format!("queue{i}"), &[]);
+                assert!(deployed.get("reused_code_of").is_none(), "{deployed}");
+            });
+        }
+    });
+    // Every compile ends before the next begins.
+    let log = node.log();
+    let events: Vec<&str> = log
+        .lines()
+        .filter_map(|line| {
+            if line.contains("compiling") {
+                Some("start")
+            } else if line.contains("compiled") && line.contains("elapsed_ms") {
+                Some("end")
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(events, ["start", "end"].repeat(3), "{log}");
+    for i in 0..3 {
+        assert_eq!(node.get(&format!("/fn/queue{i}/")).status, 200);
+    }
 }
