@@ -485,6 +485,38 @@ def template_memory(wasm, count, same):
         node.close()
 
 
+def peak_rss_bytes(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def deploy_burst(wasm, count):
+    """`count` deploys of the same new bytes at once (a template rolled out to as many tenants):
+    wall time until all answered, how many compiled, and the node's peak RSS above its start."""
+    node = FlintNode(log_level="warn")
+    try:
+        start_rss = rss_bytes(node.proc.pid)
+        with open(wasm, "rb") as f:
+            component = with_custom_section(f.read(), f"burst-{time.time()}")
+        barrier = threading.Barrier(count)
+
+        def deploy(i):
+            barrier.wait()
+            return node.deploy_bytes(component, f"burst{i}")
+        started = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(count) as deployers:
+            answers = list(deployers.map(deploy, range(count)))
+        seconds = time.perf_counter() - started
+        return {"burst_deploys": count, "burst_seconds": seconds,
+                "burst_compiled": sum("reused_code_of" not in a for a in answers),
+                "burst_peak_rss_mib": (peak_rss_bytes(node.proc.pid) - start_rss) / 2**20}
+    finally:
+        node.close()
+
+
 def first_requests_of_tenants(wasm, body, args):
     """The first request to an unloaded function while another function deployed from the
     same component is loaded (`--keep-warm`), alternated with the first request to an unloaded
@@ -535,12 +567,14 @@ def bench_template(args):
             for key, value in memory.items():
                 r[("same_" if same else "distinct_") + key] = value
         r.update(first_requests_of_tenants(path, None, args))
+        r.update(deploy_burst(path, 8))
         out[name] = r
         log(f"  {name}, {count} functions, each called once: one component "
             f"{r['same_loaded_mib']:.1f} MiB loaded, {r['same_parked_mib']:.1f} MiB parked; "
             f"distinct components {r['distinct_loaded_mib']:.1f} / {r['distinct_parked_mib']:.1f} MiB. "
             f"First request after an unload, a sibling loaded {r['tenant_unloaded_ms']:.3f} ms, "
-            f"alone {r['alone_unloaded_ms']:.3f} ms")
+            f"alone {r['alone_unloaded_ms']:.3f} ms. {r['burst_deploys']} deploys of new bytes at once: "
+            f"{r['burst_seconds']:.2f} s, {r['burst_compiled']} compiled, peak RSS +{r['burst_peak_rss_mib']:.0f} MiB")
     return out
 
 
@@ -1005,6 +1039,10 @@ def print_table(results):
         rows.append((f"{label}: first request after scale to zero, a sibling loaded",
                      f"{r['tenant_unloaded_ms']:.3f} ms", f"no sibling {r['alone_unloaded_ms']:.3f} ms",
                      f"{r['tenant_unloaded_ms'] / r['alone_unloaded_ms']:.2f}x", ""))
+        if "burst_seconds" in r:
+            rows.append((f"{label}: {r['burst_deploys']} deploys of the same new bytes at once, wall / peak RSS",
+                         f"{r['burst_seconds']:.2f} s / +{r['burst_peak_rss_mib']:.0f} MiB",
+                         f"{r['burst_compiled']} compiled", "", ""))
     m = results.get("cap")
     if m:
         rows.append((f"hello, round robin over {m['functions']} functions, --max-loaded {m['max_loaded']}: req/s, c=1",
