@@ -798,7 +798,7 @@ impl Node {
             // of them in its arenas. Thirty redeploys of the componentize-py hello world
             // (18.6 MB) left the node 118 MiB larger without this, 100 MiB with it; the rest
             // stays because glibc now serves such sizes from its arenas. (Fixing glibc's mmap
-            // threshold at 1 MiB brought it to 1 MiB, but made MiniLM on the CPU 2–10 %
+            // threshold at 1 MiB kept the growth to 1 MiB, but made MiniLM on the CPU 2–10 %
             // slower: its forward pass allocates large buffers on every call.)
             let _ = tokio::task::spawn_blocking(crate::heap::release_freed).await;
         }
