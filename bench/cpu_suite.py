@@ -74,12 +74,18 @@ def wait_http(url, timeout=60):
     raise RuntimeError(f"{url} never answered")
 
 
-def rss_bytes(pid):
+def status_bytes(pid, field):
+    """A size from /proc/PID/status, such as `VmRSS` (resident now) or `VmHWM` (the peak), in
+    bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_bytes(pid):
+    return status_bytes(pid, "VmRSS")
 
 
 class FlintNode:
@@ -485,14 +491,6 @@ def template_memory(wasm, count, same):
         node.close()
 
 
-def peak_rss_bytes(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
 def deploy_burst(wasm, count):
     """`count` deploys of the same new bytes at once (a template rolled out to as many tenants):
     wall time until all answered, how many compiled, and the node's peak RSS above its start."""
@@ -512,7 +510,7 @@ def deploy_burst(wasm, count):
         seconds = time.perf_counter() - started
         return {"burst_deploys": count, "burst_seconds": seconds,
                 "burst_compiled": sum("reused_code_of" not in a for a in answers),
-                "burst_peak_rss_mib": (peak_rss_bytes(node.proc.pid) - start_rss) / 2**20}
+                "burst_peak_rss_mib": (status_bytes(node.proc.pid, "VmHWM") - start_rss) / 2**20}
     finally:
         node.close()
 

@@ -441,7 +441,7 @@ impl Node {
                 .with_label_values(&[residency.name()])
                 .set(count as i64);
         }
-        metrics.components.set(self.code_cache.len() as i64);
+        metrics.components.set(self.components_in_memory() as i64);
         let mut text = String::new();
         let encoder = prometheus::TextEncoder::new();
         if let Err(error) = encoder.encode_utf8(&metrics.registry.gather(), &mut text) {
