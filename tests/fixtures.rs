@@ -24,7 +24,8 @@ pub fn minilm_dir() -> PathBuf {
         "all-MiniLM-L6-v2 is not installed in {}: run scripts/install-model.sh",
         dir.display()
     );
-    dir
+    // Absolute, as tests link to its files from other directories.
+    dir.canonicalize().unwrap_or(dir)
 }
 
 /// The golden MiniLM embeddings in `../shared/golden/` (`FLINT_SHARED_DIR` overrides where

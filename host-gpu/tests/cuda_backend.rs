@@ -88,7 +88,7 @@ fn device_memory_is_charged_and_released() {
     };
     let before = pool.used_bytes();
     let session = pool
-        .session(common::session_limits(8 << 20, false))
+        .session(common::session_limits(6 << 20, false))
         .unwrap();
     let t = session.zeros(DType::F32, &[1024, 1024]).unwrap();
     assert_eq!(pool.used_bytes(), before + (4 << 20));

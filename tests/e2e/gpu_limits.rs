@@ -154,6 +154,17 @@ fn wait_until_budget_is_spent(node: &Node, name: &str) {
     }
 }
 
+/// A request to `gpu-hold` that takes well over 5 ms of GPU time on the node's backend: four
+/// 512×512 products on the CPU backend; on a GPU, which does one of those in microseconds,
+/// forty 2048×2048 ones (about 0.7 TFLOP).
+fn heavy_work(node: &Node) -> &'static str {
+    if node.gpu_backend() == "cuda" {
+        "?then=work&n=2048&reps=40"
+    } else {
+        "?then=work&n=512&reps=4"
+    }
+}
+
 fn stats(node: &Node, name: &str) -> Value {
     let run = node.fnctl(&["stats", name, "--json"]);
     assert!(run.success, "{}", run.stderr);
@@ -169,8 +180,7 @@ fn spent_gpu_budget_gives_429_naming_it_until_the_period_resets() {
     assert_eq!(before["gpu_budget"]["left_seconds"], 0.005, "{before}");
 
     wait_for_window_start(Duration::from_secs(6));
-    // A 512×512 matmul, 4 times: far more than 5 ms of GPU (CPU-backend) time.
-    let reply = node.get("/fn/metered/?then=work&n=512&reps=4");
+    let reply = node.get(&format!("/fn/metered/{}", heavy_work(&node)));
     assert_eq!(reply.status, 200, "{}", reply.body);
     wait_until_budget_is_spent(&node, "metered");
     let refused = node.get("/fn/metered/");
@@ -217,7 +227,8 @@ fn a_spent_gpu_budget_stays_spent_across_a_restart() {
         "monthly",
         &["--gpu-budget", "1ms/30days"],
     );
-    assert_eq!(node.get("/fn/monthly/?then=work&n=256&reps=2").status, 200);
+    let work = node.get(&format!("/fn/monthly/{}", heavy_work(&node)));
+    assert_eq!(work.status, 200, "{}", work.body);
     wait_until_budget_is_spent(&node, "monthly");
     node.get("/fn/monthly/")
         .expect_error(429, "budget-exhausted");
@@ -306,7 +317,7 @@ fn fnctl_gpu_shows_who_holds_memory_and_utilization() {
     assert_eq!(holding.join().unwrap().status, 200);
 
     // GPU work shows up as busy time and utilization.
-    let reply = node.get("/fn/holder/?then=work&n=512&reps=4");
+    let reply = node.get(&format!("/fn/holder/{}", heavy_work(&node)));
     assert_eq!(reply.status, 200, "{}", reply.body);
     let busy = gpu_json(&node);
     let device = &busy["devices"][0];

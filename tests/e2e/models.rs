@@ -73,7 +73,12 @@ fn embed_example_matches_the_golden_vectors_and_survives_restart() {
     }
 
     // After a restart the model is back without a re-add, loaded before the node is ready.
-    assert!(node.terminate().success());
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "the node exited with {status}:\n{}",
+        node.log()
+    );
     let restarted = Node::start_in(&node.data.clone(), &[]);
     let listed = restarted.admin_call("GET", "/v1/models", None).json();
     assert_eq!(listed["models"][0]["name"], "minilm");

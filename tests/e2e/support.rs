@@ -30,10 +30,15 @@ pub struct Guests {
 }
 
 /// Builds the example and test guests for wasm32-wasip2 (once per test process; a file lock
-/// keeps parallel test processes from building at the same time).
+/// keeps parallel test processes from building at the same time). With `FLINT_GUESTS_DIR` set
+/// (a machine with no Rust toolchain, such as the GPU machines of `scripts/bench-gpu.sh`), the
+/// guests are taken prebuilt from that folder instead.
 pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("FLINT_GUESTS_DIR") {
+            return Guests::in_dir(Path::new(&dir));
+        }
         let root = repo_root();
         let target_dir = root.join("target").join("wasm-guests");
         std::fs::create_dir_all(&target_dir).unwrap();
@@ -58,16 +63,27 @@ pub fn guests() -> &'static Guests {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        let out = target_dir.join("wasm32-wasip2").join("release");
-        Guests {
-            hello: out.join("hello.wasm"),
-            misbehave: out.join("misbehave.wasm"),
-            matmul: out.join("matmul.wasm"),
-            vector_add: out.join("vector_add.wasm"),
-            gpu_hold: out.join("gpu_hold.wasm"),
-            embed: out.join("embed.wasm"),
-        }
+        Guests::in_dir(&target_dir.join("wasm32-wasip2").join("release"))
     })
+}
+
+impl Guests {
+    /// The guests as built into `dir`; a missing one is a failure that names it.
+    fn in_dir(dir: &Path) -> Guests {
+        let guest = |name: &str| {
+            let path = dir.join(name);
+            assert!(path.is_file(), "guest {} is missing", path.display());
+            path
+        };
+        Guests {
+            hello: guest("hello.wasm"),
+            misbehave: guest("misbehave.wasm"),
+            matmul: guest("matmul.wasm"),
+            vector_add: guest("vector_add.wasm"),
+            gpu_hold: guest("gpu_hold.wasm"),
+            embed: guest("embed.wasm"),
+        }
+    }
 }
 
 /// A copy of the component at `wasm` with a custom section naming `tag` appended: it runs the
@@ -95,10 +111,7 @@ pub fn distinct_copy(wasm: &Path, tag: &str) -> PathBuf {
     leb128(payload.len(), &mut bytes);
     bytes.extend_from_slice(&payload);
 
-    let dir = repo_root()
-        .join("target")
-        .join("wasm-guests")
-        .join("copies");
+    let dir = std::env::temp_dir().join("flint-test-copies");
     std::fs::create_dir_all(&dir).unwrap();
     let stem = wasm.file_stem().unwrap().to_str().unwrap();
     let path = dir.join(format!("{stem}-{tag}.wasm"));
@@ -189,9 +202,13 @@ pub struct Run {
     pub stderr: String,
 }
 
-/// The `fnctl` binary under test.
-pub fn fnctl_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_fnctl")
+/// The `fnctl` binary under test: the one cargo built with this test, or the one in
+/// `FLINT_BIN_DIR` (a prebuilt kit on a machine with no Rust toolchain).
+pub fn fnctl_binary() -> PathBuf {
+    match std::env::var_os("FLINT_BIN_DIR") {
+        Some(dir) => Path::new(&dir).join("fnctl"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_fnctl")),
+    }
 }
 
 /// A `fnctl serve` process with its own data dir and ephemeral ports.
