@@ -61,10 +61,28 @@ struct Job {
     sent: Instant,
 }
 
-/// The batching front of one resident model.
+/// The batching front of one resident model. Dropping it stops its worker thread and waits
+/// for it, so the model (and its device memory) is freed before the batcher is gone: a node
+/// that exits right after must not have a thread still freeing CUDA memory while the process's
+/// CUDA libraries tear themselves down (seen on an H200 as a node that exited non-zero).
 pub struct Batcher {
-    sender: Sender<Job>,
+    sender: Option<Sender<Job>>,
+    worker: Option<std::thread::JoinHandle<()>>,
     stats: Arc<BatchStats>,
+}
+
+impl Drop for Batcher {
+    fn drop(&mut self) {
+        // Without a sender the worker's `recv` fails once the queue is empty: it finishes what
+        // was queued, drops the model and returns.
+        drop(self.sender.take());
+        if let Some(worker) = self.worker.take()
+            && worker.thread().id() != std::thread::current().id()
+            && worker.join().is_err()
+        {
+            tracing::error!("a model worker thread panicked");
+        }
+    }
 }
 
 impl Batcher {
@@ -84,17 +102,22 @@ impl Batcher {
         let stats = Arc::new(BatchStats::default());
         let worker_stats = stats.clone();
         let started = Instant::now();
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name(format!("flint-model-{name}"))
             .spawn(move || run(embed, receiver, options, worker_stats, started))
             .expect("spawning a model worker");
-        Batcher { sender, stats }
+        Batcher {
+            sender: Some(sender),
+            worker: Some(worker),
+            stats,
+        }
     }
 
     /// Queues token sequences; `reply` gets their embeddings (in order) from the worker thread.
     pub fn submit(&self, sequences: Vec<Vec<u32>>, reply: Reply) {
-        // The worker only stops when every sender is gone, so this cannot fail while `self` lives.
-        let _ = self.sender.send(Job {
+        // The worker only stops when the sender is gone, so this cannot fail while `self` lives.
+        let Some(sender) = &self.sender else { return };
+        let _ = sender.send(Job {
             sequences,
             reply,
             sent: Instant::now(),
@@ -259,5 +282,39 @@ mod tests {
         assert_eq!(*batches.lock().unwrap(), [1, 2]);
         assert_eq!(batcher.stats().requests.load(Ordering::Relaxed), 3);
         assert_eq!(batcher.stats().batches.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn dropping_the_batcher_answers_what_was_queued_and_frees_the_model_first() {
+        // The model stands for one holding device memory: it must be gone when `drop` returns.
+        let model = Arc::new(());
+        let held = model.clone();
+        let (release, hold) = mpsc::channel::<()>();
+        let (entered, started) = mpsc::channel();
+        let pass = counting_pass(Arc::default(), entered, hold);
+        let batcher = Batcher::start_with(
+            "test",
+            move |sequences| {
+                let _model = &held;
+                pass(sequences)
+            },
+            BatchOptions::default(),
+        );
+        let first = submit(&batcher, 1);
+        started.recv_timeout(PATIENCE).unwrap();
+        let queued = submit(&batcher, 2);
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            release.send(()).unwrap();
+        });
+        drop(batcher);
+        assert_eq!(
+            Arc::strong_count(&model),
+            1,
+            "the worker still holds the model"
+        );
+        assert_eq!(first.try_recv().unwrap(), vec![vec![1.0]]);
+        assert_eq!(queued.try_recv().unwrap(), vec![vec![2.0]]);
+        releaser.join().unwrap();
     }
 }
