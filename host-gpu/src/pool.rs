@@ -46,16 +46,24 @@ pub struct DeviceInfo {
     pub peak_bytes: u64,
     /// Time spent in GPU work on it since the node started, summed over invocations.
     pub busy: Duration,
-    /// Whether it is out of service: a fault poisoned its context and the new one is not
-    /// ready yet.
+    /// Whether it is out of service: a fault poisoned its context and no new one is ready
+    /// (GPU work runs on the CPU backend meanwhile).
     pub faulted: bool,
+    /// Why it is out of service, while it is.
+    pub fault: Option<String>,
     /// How many times a poisoned context was replaced by a working one.
     pub context_rebuilds: u64,
 }
 
 enum Backend {
-    Cpu { budget: Arc<MemoryBudget> },
-    Cuda { devices: Vec<Arc<CudaDevice>> },
+    Cpu {
+        budget: Arc<MemoryBudget>,
+    },
+    Cuda {
+        devices: Vec<Arc<CudaDevice>>,
+        /// Host memory for sessions that run on the CPU while no device is in service.
+        fallback: Arc<MemoryBudget>,
+    },
 }
 
 /// The GPU pool: every device, shared by every invocation.
@@ -149,7 +157,13 @@ impl Pool {
                 }
                 Pool {
                     busy_us: devices.iter().map(|_| AtomicU64::new(0)).collect(),
-                    backend: Backend::Cuda { devices },
+                    backend: Backend::Cuda {
+                        devices,
+                        fallback: MemoryBudget::new(
+                            "CPU backend's memory (while no GPU is in service)",
+                            options.cpu_memory_bytes,
+                        ),
+                    },
                     cpu_reason: None,
                 }
             }
@@ -208,9 +222,10 @@ impl Pool {
                 peak_bytes: budget.peak(),
                 busy: self.busy(0),
                 faulted: false,
+                fault: None,
                 context_rebuilds: 0,
             }],
-            Backend::Cuda { devices } => devices
+            Backend::Cuda { devices, .. } => devices
                 .iter()
                 .enumerate()
                 .map(|(index, d)| DeviceInfo {
@@ -222,6 +237,7 @@ impl Pool {
                     peak_bytes: d.budget().peak(),
                     busy: self.busy(index),
                     faulted: d.is_faulted(),
+                    fault: d.fault_reason(),
                     context_rebuilds: d.context_rebuilds(),
                 })
                 .collect(),
@@ -236,7 +252,9 @@ impl Pool {
             Duration::from_micros(us.load(Ordering::Relaxed))
         });
         let measured = match &self.backend {
-            Backend::Cuda { devices } => devices.get(index).map_or(Duration::ZERO, |d| d.busy()),
+            Backend::Cuda { devices, .. } => {
+                devices.get(index).map_or(Duration::ZERO, |d| d.busy())
+            }
             Backend::Cpu { .. } => Duration::ZERO,
         };
         recorded + measured
@@ -260,7 +278,7 @@ impl Pool {
     pub fn device_for_model(&self) -> Option<(usize, Arc<CudaDevice>)> {
         match &self.backend {
             Backend::Cpu { .. } => None,
-            Backend::Cuda { devices } => devices
+            Backend::Cuda { devices, .. } => devices
                 .iter()
                 .enumerate()
                 .filter(|(_, d)| !d.is_faulted())
@@ -269,8 +287,10 @@ impl Pool {
         }
     }
 
-    /// Opens a session on the least loaded device that is in service (a device whose context
-    /// is being rebuilt answers with a retryable `device-fault` only if no other is).
+    /// Opens a session on the least loaded device that is in service. While none is (a fault
+    /// took every device out), the session runs on the CPU backend: built-in ops and models
+    /// keep answering, slower, and custom kernels say they need a GPU. CUDA cannot bring a
+    /// device back in the process that faulted it, so that lasts until the node restarts.
     pub fn session(&self, limits: SessionLimits) -> GpuResult<Session> {
         let invocation =
             MemoryBudget::new("invocation's GPU memory quota", limits.invocation_bytes);
@@ -281,15 +301,24 @@ impl Pool {
                 budgets.push(budget.clone());
                 (Placement::Cpu, "CPU backend".to_string(), 0)
             }
-            Backend::Cuda { devices } => {
-                let (index, device) = devices
+            Backend::Cuda { devices, fallback } => {
+                let in_service = devices
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, d)| (d.is_faulted(), d.budget().used(), d.active_sessions()))
-                    .expect("a CUDA pool has devices");
-                budgets.push(device.budget().clone());
-                let lease = device.lease_stream()?;
-                (Placement::Cuda(lease), device.name().to_string(), index)
+                    .filter(|(_, d)| !d.is_faulted())
+                    .min_by_key(|(_, d)| (d.budget().used(), d.active_sessions()));
+                match in_service {
+                    Some((index, device)) => {
+                        budgets.push(device.budget().clone());
+                        let lease = device.lease_stream()?;
+                        (Placement::Cuda(lease), device.name().to_string(), index)
+                    }
+                    None => {
+                        budgets.push(fallback.clone());
+                        let name = "CPU backend (no GPU in service after a fault)".to_string();
+                        (Placement::Cpu, name, 0)
+                    }
+                }
             }
         };
         budgets.extend(limits.holder.as_ref().map(|h| h.on_device(device_index)));
@@ -451,7 +480,8 @@ impl Session {
         }
         match &self.placement {
             Placement::Cpu => Err(GpuError::unsupported(
-                "custom CUDA kernels need a CUDA device; this node runs the CPU backend",
+                "custom CUDA kernels need a CUDA device, and this invocation runs on the CPU \
+                 backend (the node has no GPU, or none is in service)",
             )),
             Placement::Cuda(lease) => Ok(Kernel {
                 inner: lease.compile(source, entry)?,
@@ -461,6 +491,47 @@ impl Session {
 
     /// Launches a custom kernel on this invocation's stream and waits for it.
     pub fn launch(
+        &self,
+        kernel: &Kernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_mem_bytes: u32,
+        args: &[KernelArg<'_>],
+    ) -> GpuResult<()> {
+        self.enqueue_launch(kernel, grid, block, shared_mem_bytes, args)?;
+        self.synchronize()
+    }
+
+    /// Waits for all the work this invocation enqueued (a kernel's fault shows here).
+    pub fn synchronize(&self) -> GpuResult<()> {
+        match &self.placement {
+            Placement::Cpu => Ok(()),
+            Placement::Cuda(lease) => lease.synchronize(),
+        }
+    }
+
+    /// Whether this invocation's enqueued work has finished, so that a copy would not wait
+    /// for it (always, on the CPU). A fault counts as finished: the next call reports it.
+    pub fn is_idle(&self) -> bool {
+        match &self.placement {
+            Placement::Cpu => true,
+            Placement::Cuda(lease) => lease.poll_idle().unwrap_or(true),
+        }
+    }
+
+    /// Polls for up to `spin` until this invocation's work has finished: `Some` with the
+    /// outcome if it did, `None` if it still runs (wait with [`Session::synchronize`], off the
+    /// async threads).
+    pub fn wait_briefly(&self, spin: std::time::Duration) -> Option<GpuResult<()>> {
+        match &self.placement {
+            Placement::Cpu => Some(Ok(())),
+            Placement::Cuda(lease) => lease.wait_briefly(spin),
+        }
+    }
+
+    /// Enqueues a custom kernel on this invocation's stream without waiting for it (see
+    /// [`Session::wait_briefly`] and [`Session::synchronize`]).
+    pub fn enqueue_launch(
         &self,
         kernel: &Kernel,
         grid: (u32, u32, u32),
@@ -479,7 +550,7 @@ impl Session {
                 "custom CUDA kernels need a CUDA device",
             )),
             Placement::Cuda(lease) => {
-                lease.launch(&kernel.inner, grid, block, shared_mem_bytes, args)
+                lease.enqueue_launch(&kernel.inner, grid, block, shared_mem_bytes, args)
             }
         }
     }

@@ -40,6 +40,13 @@ fn wait_for_gpu_used(node: &Node, bytes: u64) {
 fn matmul_example_computes_the_product() {
     let node = Node::start();
     node.deploy(&guests().matmul, "matmul", &[]);
+    assert_eq!(check_matmul(&node, "matmul"), node.gpu_backend());
+    assert_eq!(node.gpu_used(), 0, "the invocation's tensors were released");
+}
+
+/// Asks the matmul example deployed as `name` for the product of two fresh random matrices,
+/// checks it against a float64 reference, and returns the backend it says it ran on.
+fn check_matmul(node: &Node, name: &str) -> String {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -48,10 +55,9 @@ fn matmul_example_computes_the_product() {
     let a = random_matrix(m, k, seed);
     let b = random_matrix(k, n, seed + 1);
     let body = serde_json::json!({ "a": a, "b": b }).to_string();
-    let reply = node.post("/fn/matmul/", body.as_bytes());
+    let reply = node.post(&format!("/fn/{name}/"), body.as_bytes());
     assert_eq!(reply.status, 200, "{}", reply.body);
     let answer = reply.json();
-    assert_eq!(answer["backend"], node.gpu_backend());
     let c = answer["c"].as_array().unwrap();
     assert_eq!(c.len(), m);
     for i in 0..m {
@@ -66,7 +72,61 @@ fn matmul_example_computes_the_product() {
             );
         }
     }
-    assert_eq!(node.gpu_used(), 0, "the invocation's tensors were released");
+    answer["backend"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_faulting_kernel_takes_the_gpu_out_of_service_and_the_node_serves_on() {
+    let mut node = Node::start();
+    if node.gpu_backend() != "cuda" {
+        assert_ne!(
+            std::env::var("FLINT_REQUIRE_GPU").as_deref(),
+            Ok("1"),
+            "FLINT_REQUIRE_GPU=1 but the node found no CUDA device"
+        );
+        eprintln!("skipping: the node has no CUDA device, where a custom kernel could fault");
+        return;
+    }
+    node.deploy(&guests().gpu_hold, "wild", &["--allow-kernels"]);
+    node.deploy(&guests().matmul, "matmul", &[]);
+    node.deploy(&guests().hello, "hello", &[]);
+    assert_eq!(check_matmul(&node, "matmul"), "cuda");
+
+    let message = node
+        .get("/fn/wild/?mb=4&then=fault")
+        .expect_error(503, "device-fault");
+    assert!(message.contains("ILLEGAL_ADDRESS"), "{message}");
+    wait_for_gpu_used(&node, 0);
+
+    // Everyone else is served: built-in ops on the CPU backend while the GPU is out.
+    assert_eq!(node.get("/fn/hello/").status, 200);
+    assert_eq!(check_matmul(&node, "matmul"), "cpu");
+    let message = node
+        .get("/fn/wild/?mb=1&then=fault")
+        .expect_error(501, "unsupported");
+    assert!(message.contains("need a CUDA device"), "{message}");
+    let gpu = node.admin_call("GET", "/v1/gpu", None).json();
+    assert_eq!(gpu["devices"][0]["faulted"], true, "{gpu}");
+    assert!(
+        gpu["devices"][0]["fault"]
+            .as_str()
+            .is_some_and(|f| f.contains("ILLEGAL_ADDRESS")),
+        "{gpu}"
+    );
+    let table = node.fnctl(&["gpu"]);
+    assert!(table.stdout.contains("faulted"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("GPU 0 is out of service"),
+        "{}",
+        table.stdout
+    );
+
+    let status = node.terminate();
+    assert!(
+        status.success(),
+        "the node exited with {status}:\n{}",
+        node.log()
+    );
 }
 
 #[test]

@@ -2,9 +2,12 @@
 //! after a fault poisoned the old.
 //!
 //! A kernel that faults (an illegal address, say) leaves its context "sticky": every later call
-//! in it fails. The device then builds a fresh context on a background thread, checks it with
-//! a small self-test (the built-in ops compile, a kernel runs, its result comes back right)
-//! and only then sends new work there. Whatever still holds the poisoned context (sessions that
+//! in it fails. The device then tries to build a fresh context on a background thread, checks
+//! it with a small self-test (the built-in ops compile, a kernel runs, its result comes back
+//! right) and only then sends new work there. CUDA's documentation promises no such recovery:
+//! on an H200 with driver 580 every `cuCtxCreate` after an illegal address failed with the same
+//! error, so after a few attempts the device is reported out of service until the process
+//! restarts (the pool runs GPU work on the CPU backend meanwhile; see `Pool::session`). Whatever still holds the poisoned context (sessions that
 //! were in flight, a model's encoder) fails with a retryable `device-fault` and lets go of it;
 //! the old context is destroyed when the last of them does.
 //!
@@ -28,6 +31,9 @@ use std::time::Duration;
 const FIRST_REBUILD_DELAY: Duration = Duration::from_millis(250);
 /// Longest wait between failed rebuilds.
 const MAX_REBUILD_DELAY: Duration = Duration::from_secs(60);
+/// Failed rebuilds (about 8 s of them) after which the device is given up on until the
+/// process restarts: later attempts go on quietly, once a minute.
+const LOUD_REBUILD_ATTEMPTS: u32 = 5;
 
 /// A CUDA context of one device with its idle streams, built-in ops and compiled kernels.
 pub(crate) struct DeviceContext {
@@ -176,10 +182,28 @@ fn rebuild(device: Weak<CudaDevice>, poisoned_generation: u64) {
                 );
                 return;
             }
-            Err(error) => tracing::error!(
+            Err(error) if attempt < LOUD_REBUILD_ATTEMPTS => tracing::warn!(
                 gpu = device.ordinal(),
                 attempt,
-                "rebuilding GPU {}'s context failed: {error}; retrying in {delay:?} (if this persists, restart the node)",
+                "rebuilding GPU {}'s context failed: {error}; retrying in {delay:?}",
+                device.ordinal()
+            ),
+            Err(error) if attempt == LOUD_REBUILD_ATTEMPTS => {
+                let reason = format!(
+                    "the CUDA driver refuses new contexts in this process after the fault \
+                     ({error}); GPU work runs on the CPU backend until the node restarts"
+                );
+                tracing::error!(
+                    gpu = device.ordinal(),
+                    "GPU {} is out of service: {reason}",
+                    device.ordinal()
+                );
+                device.set_fault_reason(Some(reason));
+            }
+            Err(error) => tracing::debug!(
+                gpu = device.ordinal(),
+                attempt,
+                "rebuilding GPU {}'s context failed again: {error}",
                 device.ordinal()
             ),
         }

@@ -26,7 +26,7 @@ use cudarc::driver::{
     PushKernelArg, sys::cudaError_enum,
 };
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use timing::StreamTimer;
 
@@ -47,6 +47,8 @@ pub struct CudaDevice {
     rebuilds: AtomicU64,
     /// GPU time of all sessions' work, in nanoseconds, as measured by CUDA events.
     busy_ns: AtomicU64,
+    /// Why the device is out of service, while it is.
+    fault_reason: Mutex<Option<String>>,
 }
 
 struct StreamSlot {
@@ -159,6 +161,7 @@ pub fn probe() -> Result<Vec<Arc<CudaDevice>>, String> {
             current: RwLock::new(Arc::new(DeviceContext::new(ctx, 0))),
             rebuilds: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
+            fault_reason: Mutex::new(None),
         }));
     }
     tracing::info!(
@@ -267,15 +270,16 @@ impl CudaDevice {
             .clone()
     }
 
-    /// The context new work goes to, or a retryable `device-fault` while it is being rebuilt.
+    /// The context new work goes to, or a retryable `device-fault` while it is out of service.
     pub(crate) fn usable_context(&self) -> GpuResult<Arc<DeviceContext>> {
         let context = self.current_context();
         if context.is_poisoned() {
             return Err(GpuError::new(
                 ErrorKind::DeviceFault,
                 format!(
-                    "GPU {} faulted and its context is being rebuilt; retry shortly",
-                    self.ordinal
+                    "GPU {} is out of service after a fault ({}); retry",
+                    self.ordinal,
+                    self.fault_reason().unwrap_or_default()
                 ),
             ));
         }
@@ -286,6 +290,26 @@ impl CudaDevice {
     fn install(&self, context: DeviceContext) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(context);
         self.rebuilds.fetch_add(1, Ordering::Relaxed);
+        self.set_fault_reason(None);
+    }
+
+    /// Why the device is out of service (the fault, then whether its context can be rebuilt);
+    /// `None` while it serves.
+    pub fn fault_reason(&self) -> Option<String> {
+        if !self.is_faulted() {
+            return None;
+        }
+        self.fault_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_fault_reason(&self, reason: Option<String>) {
+        *self
+            .fault_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = reason;
     }
 
     /// Leases a stream (reusing an idle one) in the device's current context.
@@ -343,6 +367,7 @@ impl CudaDevice {
             return GpuError::device(doing, format!("{error:?}"));
         }
         if context.poison() {
+            self.set_fault_reason(Some(format!("{doing}: {error:?}")));
             tracing::error!(
                 gpu = self.ordinal,
                 generation = context.generation,
@@ -705,6 +730,56 @@ impl StreamLease {
         shared_mem_bytes: u32,
         args: &[KernelArg<'_>],
     ) -> GpuResult<()> {
+        self.enqueue_launch(kernel, grid, block, shared_mem_bytes, args)?;
+        self.synchronize()
+    }
+
+    /// Waits for the work enqueued on this lease's stream; a fault in it is a `device-fault`.
+    pub fn synchronize(&self) -> GpuResult<()> {
+        self.check("running the kernel", self.stream().synchronize())
+    }
+
+    /// Whether the work enqueued on this lease's stream has finished (`Ok(false)`: still
+    /// running; an error: it faulted). A driver query, about a microsecond.
+    pub fn poll_idle(&self) -> GpuResult<bool> {
+        self.check("binding the context", self.context.ctx.bind_to_thread())?;
+        // SAFETY: the stream belongs to this lease's context, which the lease keeps alive.
+        match unsafe { cudarc::driver::sys::cuStreamQuery(self.stream().cu_stream()) } {
+            cudarc::driver::sys::CUresult::CUDA_SUCCESS => Ok(true),
+            cudarc::driver::sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            error => {
+                Err(self
+                    .device
+                    .fault(&self.context, "running the kernel", DriverError(error)))
+            }
+        }
+    }
+
+    /// Waits up to `spin`, polling, for the stream's work to finish: `Some` with the outcome
+    /// if it did, `None` if it is still running (then wait with [`StreamLease::synchronize`]
+    /// off the async threads). Short kernels finish in a few microseconds, less than handing
+    /// the wait to another thread costs.
+    pub fn wait_briefly(&self, spin: Duration) -> Option<GpuResult<()>> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.poll_idle() {
+                Ok(true) => return Some(Ok(())),
+                Err(error) => return Some(Err(error)),
+                Ok(false) if started.elapsed() >= spin => return None,
+                Ok(false) => std::hint::spin_loop(),
+            }
+        }
+    }
+
+    /// Enqueues a custom kernel on this lease's stream without waiting for it.
+    pub fn enqueue_launch(
+        &self,
+        kernel: &CompiledKernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_mem_bytes: u32,
+        args: &[KernelArg<'_>],
+    ) -> GpuResult<()> {
         self.timed(|| {
         if kernel.ordinal != self.device.ordinal {
             return Err(GpuError::invalid(
@@ -764,8 +839,7 @@ impl StreamLease {
         self.check(
             "launching the kernel",
             unsafe { launch.launch(config) }.map(|_| ()),
-        )?;
-        self.check("running the kernel", self.stream().synchronize())
+        )
         })
     }
 }

@@ -12,7 +12,8 @@
 //! device (its memory is exhausted, say), that batch runs on the CPU instead. If the device
 //! faulted (a poisoned context), the model runs on the CPU until the device has a rebuilt
 //! context, and the first batch after that loads it onto the device again: requests are
-//! served more slowly for a while rather than lost.
+//! served more slowly rather than lost. (CUDA may never allow that rebuild in the process
+//! that faulted; the model then runs on the CPU until the node restarts.)
 
 pub mod batcher;
 mod config;
@@ -284,7 +285,7 @@ impl EmbeddingModel {
                     Err(error) if encoder.is_stale() => {
                         tracing::error!(
                             gpu = *index,
-                            "the device faulted during the model's forward pass; the model runs on the CPU until the device's context is rebuilt: {error}"
+                            "the device faulted during the model's forward pass; the model runs on the CPU until the device is back in service (a rebuilt context, or a restart): {error}"
                         );
                         self.set_cpu_reason(Some(format!("GPU {index} faulted: {error}")));
                         *residence = Residence::Evicted {

@@ -713,11 +713,11 @@ pub fn model(command: ModelCommand) -> Result<ExitCode> {
         }
     }
 }
-/// A device's STATE column: `ok`, or `rebuilding` while a poisoned context is replaced, with
-/// the number of rebuilds so far when there were any.
+/// A device's STATE column: `ok`, or `faulted` while a fault keeps it out of service (GPU work
+/// runs on the CPU backend meanwhile), with the number of rebuilds so far when there were any.
 fn device_state(device: &Value) -> String {
     let state = if device["faulted"].as_bool().unwrap_or(false) {
-        "rebuilding"
+        "faulted"
     } else {
         "ok"
     };
@@ -786,6 +786,11 @@ pub fn gpu(args: ListArgs) -> Result<ExitCode> {
                 })
         })
         .collect();
+    for device in &devices {
+        if let Some(fault) = device["fault"].as_str() {
+            outln!("GPU {} is out of service: {fault}", device["index"]);
+        }
+    }
     if !holders.is_empty() {
         outln!();
         print_table(&["DEVICE", "FUNCTION", "HOLDS"], &holders);

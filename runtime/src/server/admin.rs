@@ -420,6 +420,7 @@ fn gpu_info(node: &Node) -> Response<ResponseBody> {
                 "peak_bytes": d.peak_bytes,
                 "busy_seconds": d.busy.as_secs_f64(),
                 "faulted": d.faulted,
+                "fault": d.fault,
                 "context_rebuilds": d.context_rebuilds,
                 "utilization_percent": utilization.get(d.index).copied().unwrap_or(0.0),
                 "holders": holders.get(d.index).cloned().unwrap_or_default(),

@@ -1,8 +1,9 @@
 //! Allocates `?mb=N` MiB of GPU memory (plus, with `?upload_mb=M`, a tensor of `M` MiB
 //! uploaded from guest memory, checked by reading its last byte back), then `?then=`: `ok` (answers at once), `trap` (panics),
 //! `loop` (spins until the timeout), `sleep` (sleeps `?ms=` then answers), `work` (multiplies
-//! two `?n=`×`?n=` matrices `?reps=` times on the GPU). Errors from the pool are answered as
-//! JSON with their kind.
+//! two `?n=`×`?n=` matrices `?reps=` times on the GPU), `fault` (launches a custom kernel that
+//! writes to an illegal address; needs `--allow-kernels` and a CUDA device). Errors from the
+//! pool are answered as JSON with their kind.
 //!
 //! A successful answer is `held BYTES quota_left BYTES started_ns T0 ended_ns T1`: the wall
 //! clock when the handler started and finished, so tests can measure from inside the function
@@ -61,6 +62,21 @@ fn handle(request: Request) -> Response {
         "sleep" => {
             let ms: u64 = number(&request, "ms", 100);
             std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        "fault" => {
+            const WILD_WRITE: &str = r#"
+extern "C" __global__ void wild(float* out) {
+    float* wild = (float*)0x10;
+    wild[threadIdx.x] = out[0];
+}
+"#;
+            let launched = gpu::Kernel::compile(WILD_WRITE, "wild").and_then(|kernel| {
+                let out = Tensor::zeros(DType::F32, &[4])?;
+                kernel.launch([1, 1, 1], [32, 1, 1], 0, &[gpu::Arg::Tensor(&out)])
+            });
+            if let Err(error) = launched {
+                return Response::from(&error);
+            }
         }
         "work" => {
             let n: u32 = number(&request, "n", 256);
