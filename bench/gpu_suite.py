@@ -2,11 +2,11 @@
 """Flint's GPU benchmark suite: run on a machine with a CUDA device and no Rust toolchain.
 
 `scripts/bench-gpu.sh --build` builds everything it needs on a Rust machine (release `fnctl`,
-`flint-gpu-bench`, `flint-load`, the `embed` and `gpu-calls` guests) and installs the model;
-carry `target/release/{fnctl,flint-gpu-bench,flint-load}`, `target/wasm-guests/wasm32-wasip2/release/`
-and `target/models/` to the GPU machine and run `scripts/bench-gpu.sh` (this script) there. It
-prints a table and writes JSON (default target/bench/gpu.json). Needs torch and
-sentence-transformers for the PyTorch side (the lent H100/H200 machines have both).
+`flint-gpu-bench`, `flint-load`, the guests, the GPU test binaries) and packs them with the
+model into `target/gpu-kit/m0` and `m1`; carry both to the GPU machine and run
+`scripts/bench-gpu.sh` there, which unpacks the kit and runs this script. It prints a table
+and writes JSON (default target/bench/gpu.json). Needs torch and sentence-transformers for the
+PyTorch side (the lent H100/H200 machines have both).
 
 Sections (each can be picked with --only):
   calls     kernel launch, upload and download through a guest (bench/guests/gpu-calls, timed
@@ -49,9 +49,11 @@ def get_json(url, timeout=600):
 
 
 def flint_load(url, connections, seconds, body_file):
-    output = subprocess.run([LOAD, url, "--connections", str(connections), "--seconds", str(seconds),
-                             "--body-file", body_file], capture_output=True, text=True, check=True).stdout
-    return json.loads(output)
+    run = subprocess.run([LOAD, url, "--connections", str(connections), "--seconds", str(seconds),
+                          "--body-file", body_file], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"flint-load {url} failed ({run.returncode}): {run.stderr.strip()}")
+    return json.loads(run.stdout)
 
 
 def bench_calls(args):
