@@ -721,19 +721,6 @@ impl StreamLease {
         Ok(kernel)
     }
 
-    /// Launches a custom kernel and waits for it.
-    pub fn launch(
-        &self,
-        kernel: &CompiledKernel,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        shared_mem_bytes: u32,
-        args: &[KernelArg<'_>],
-    ) -> GpuResult<()> {
-        self.enqueue_launch(kernel, grid, block, shared_mem_bytes, args)?;
-        self.synchronize()
-    }
-
     /// Waits for the work enqueued on this lease's stream; a fault in it is a `device-fault`.
     pub fn synchronize(&self) -> GpuResult<()> {
         self.check("running the kernel", self.stream().synchronize())
