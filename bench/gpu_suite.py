@@ -53,7 +53,10 @@ def flint_load(url, connections, seconds, body_file):
                           "--body-file", body_file], capture_output=True, text=True)
     if run.returncode != 0:
         raise RuntimeError(f"flint-load {url} failed ({run.returncode}): {run.stderr.strip()}")
-    return json.loads(run.stdout)
+    report = json.loads(run.stdout)
+    if report.get("errors"):
+        log(f"  flint-load: {report['errors']} failed connections (reopened), first: {report['first_error']}")
+    return report
 
 
 def bench_calls(args):

@@ -81,6 +81,43 @@ fn load_mode_reports_requests_and_failures_as_json() {
     let ok = run("/fn/hello/");
     assert!(ok["requests"].as_u64().unwrap() > 0, "{ok}");
     assert_eq!(ok["non_2xx"], 0, "{ok}");
+    assert_eq!(ok["errors"], 0, "{ok}");
+    assert_eq!(ok["first_error"], Value::Null, "{ok}");
     let missing = run("/fn/missing/");
     assert_eq!(missing["non_2xx"], missing["requests"], "{missing}");
+}
+
+#[test]
+fn load_mode_counts_failed_connections_and_keeps_going() {
+    let mut node = Node::start();
+    node.deploy(&guests().hello, "hello", &[]);
+    let load = flint_load()
+        .args([
+            &format!("http://{}/fn/hello/", node.public),
+            "--connections",
+            "4",
+            "--seconds",
+            "1.5",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The node goes away mid-run: open connections break, new ones are refused.
+    std::thread::sleep(Duration::from_millis(500));
+    node.kill9();
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["errors"].as_u64().unwrap() > 0, "{report}");
+    let first = report["first_error"].as_str().unwrap();
+    assert!(
+        first.contains("connecting to") || first.contains("sending a request"),
+        "{report}"
+    );
 }

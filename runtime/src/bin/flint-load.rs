@@ -1,7 +1,9 @@
 //! A small HTTP load generator for the benchmarks, for machines without `wrk` (the GPU
 //! machines have no package registry): `C` keep-alive connections, each sending the same POST
 //! (or GET) back to back for `S` seconds. Prints JSON: requests, non-2xx answers, requests per
-//! second, and latency percentiles in milliseconds.
+//! second, and latency percentiles in milliseconds. A connection that fails (refused, reset,
+//! closed mid-answer) is counted under `errors`, with the first such error in `first_error`,
+//! and opened again, as `wrk` counts socket errors: one bad connection does not end the run.
 //!
 //! `flint-load URL [--connections C] [--seconds S] [--body-file F] [--content-type T]`
 //!
@@ -114,19 +116,57 @@ async fn timed(
     Ok((started.elapsed().as_secs_f64() * 1e3, status))
 }
 
-/// One connection's loop: (latencies in ms, non-2xx answers).
-async fn connection(options: &Options, until: Instant) -> Result<(Vec<f64>, u64)> {
-    let mut sender = connect(options).await?;
-    let mut latencies = Vec::new();
-    let mut failures = 0;
+/// What one connection's loop measured.
+#[derive(Default)]
+struct ConnectionReport {
+    /// Latency of every answered request, in ms.
+    latencies: Vec<f64>,
+    /// Answers that were not 2xx.
+    failures: u64,
+    /// Connections that failed (to open, or while a request was out).
+    errors: u64,
+    /// The first of those failures.
+    first_error: Option<String>,
+}
+
+impl ConnectionReport {
+    fn error(&mut self, error: anyhow::Error) {
+        self.errors += 1;
+        self.first_error.get_or_insert_with(|| format!("{error:#}"));
+    }
+}
+
+/// One connection's loop. A failed connection is counted and opened again (after a short
+/// pause if opening it failed).
+async fn connection(options: &Options, until: Instant) -> Result<ConnectionReport> {
+    let mut report = ConnectionReport::default();
+    let mut sender = None;
     while Instant::now() < until {
-        let (latency, status) = timed(&mut sender, request(options, options.url.clone())?).await?;
-        latencies.push(latency);
-        if !status.is_success() {
-            failures += 1;
+        let open = match sender.as_mut() {
+            Some(open) => open,
+            None => match connect(options).await {
+                Ok(opened) => sender.insert(opened),
+                Err(error) => {
+                    report.error(error);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        match timed(open, request(options, options.url.clone())?).await {
+            Ok((latency, status)) => {
+                report.latencies.push(latency);
+                if !status.is_success() {
+                    report.failures += 1;
+                }
+            }
+            Err(error) => {
+                report.error(error.context("sending a request"));
+                sender = None;
+            }
         }
     }
-    Ok((latencies, failures))
+    Ok(report)
 }
 
 /// `--probe`: one request per path read from standard input, each answered with a line
@@ -184,10 +224,14 @@ async fn load(options: Options) -> Result<()> {
         .collect();
     let mut latencies = Vec::new();
     let mut failures = 0;
+    let mut errors = 0;
+    let mut first_error = None;
     for task in tasks {
-        let (mut l, f) = task.await??;
-        latencies.append(&mut l);
-        failures += f;
+        let mut report = task.await??;
+        latencies.append(&mut report.latencies);
+        failures += report.failures;
+        errors += report.errors;
+        first_error = first_error.or(report.first_error);
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
@@ -200,6 +244,8 @@ async fn load(options: Options) -> Result<()> {
     let report = serde_json::json!({
         "requests": latencies.len(),
         "non_2xx": failures,
+        "errors": errors,
+        "first_error": first_error,
         "seconds": elapsed,
         "rps": latencies.len() as f64 / elapsed,
         "p50_ms": at(0.5),
