@@ -11,6 +11,7 @@
 mod convert;
 mod host;
 mod models;
+mod upload;
 pub mod utilization;
 
 use flint_gpu::{Pool, Session, SessionLimits};
@@ -157,6 +158,7 @@ pub fn add_to_linker<T: Send + 'static>(
     get: fn(&mut T) -> GpuView<'_>,
 ) -> wasmtime::Result<()> {
     bindings::flint::gpu::types::add_to_linker::<T, Gpu>(linker, get)?;
+    upload::add_to_linker(linker, get)?;
     bindings::flint::gpu::ops::add_to_linker::<T, Gpu>(linker, get)?;
     bindings::flint::gpu::kernels::add_to_linker::<T, Gpu>(linker, get)?;
     bindings::flint::gpu::models::add_to_linker::<T, Gpu>(linker, get)?;
