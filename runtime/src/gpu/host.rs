@@ -144,7 +144,7 @@ impl types::Host for GpuView<'_> {
 
 impl types::HostTensor for GpuView<'_> {
     /// The generated binding's upload (the guest's bytes already copied into `data`). The
-    /// linker serves `tensor.upload` with [`super::upload`] instead, which reads them in
+    /// linker serves `tensor.upload` with `gpu/upload.rs` instead, which reads them in
     /// place; this stays as the trait requires it and as the reference behaviour.
     async fn upload(
         &mut self,

@@ -9,7 +9,7 @@
 //! a short poll, a copy queued behind the invocation's GPU work) run on tokio's blocking pool,
 //! so neither CPU-backend math nor GPU waits hold up the async runtime's threads; short ones run
 //! inline, as handing them to another thread costs more than they do (measured on an H200:
-//! +24 µs a call). Uploads read the guest's memory in place ([`upload`]).
+//! +24 µs a call). Uploads read the guest's memory in place (`upload.rs`).
 
 mod convert;
 mod host;
