@@ -7,9 +7,10 @@
 //! right) and only then sends new work there. CUDA's documentation promises no such recovery:
 //! on an H200 with driver 580 every `cuCtxCreate` after an illegal address failed with the same
 //! error, so after a few attempts the device is reported out of service until the process
-//! restarts (the pool runs GPU work on the CPU backend meanwhile; see `Pool::session`). Whatever still holds the poisoned context (sessions that
-//! were in flight, a model's encoder) fails with a retryable `device-fault` and lets go of it;
-//! the old context is destroyed when the last of them does.
+//! restarts (the pool runs GPU work on the CPU backend meanwhile; see `Pool::session`).
+//! Whatever still holds the poisoned context (sessions that were in flight, a model's encoder)
+//! fails with a retryable `device-fault` and lets go of it; the old context is destroyed when
+//! the last of them does.
 //!
 //! The first context is the device's primary context (what other CUDA libraries in the
 //! process share). Rebuilt ones are independent contexts (`cuCtxCreate`): the primary context

@@ -44,7 +44,7 @@ fn op_cost(session: &Session, elements: usize) -> usize {
 }
 
 /// Runs `work` inline if it is small, else on tokio's blocking pool.
-async fn run<R: Send + 'static>(
+pub(super) async fn run<R: Send + 'static>(
     cost: usize,
     work: impl FnOnce() -> R + Send + 'static,
 ) -> wasmtime::Result<R> {
@@ -67,13 +67,7 @@ impl GpuView<'_> {
     ) -> wasmtime::Result<R> {
         let started = std::time::Instant::now();
         let result = run(cost, work).await;
-        match self.ctx.session.as_ref() {
-            Some(session) if session.measures_device_time() => {}
-            session => {
-                let device = session.map(|s| s.device_index());
-                self.ctx.record_busy(started.elapsed(), device);
-            }
-        }
+        self.ctx.record_host_time(started);
         result
     }
 

@@ -99,6 +99,19 @@ impl GpuCtx {
         Ok(session)
     }
 
+    /// Counts the host's time since `started` as GPU work of the invocation, unless its
+    /// session measures device time itself with CUDA events (the host's wall time includes
+    /// waiting, which is not GPU work).
+    pub(crate) fn record_host_time(&mut self, started: std::time::Instant) {
+        match self.session.as_ref() {
+            Some(session) if session.measures_device_time() => {}
+            session => {
+                let device = session.map(|s| s.device_index());
+                self.record_busy(started.elapsed(), device);
+            }
+        }
+    }
+
     /// Counts `elapsed` of GPU work: the invocation's and that of device `device` (if the
     /// work ran on one of the pool's devices).
     pub(crate) fn record_busy(&mut self, elapsed: std::time::Duration, device: Option<usize>) {

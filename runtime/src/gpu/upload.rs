@@ -13,6 +13,7 @@
 //! blocking pool instead, so that no async thread waits on the device.
 
 use super::bindings::flint::gpu::types::{Dtype, Error};
+use super::host::run;
 use super::{GpuView, HostTensor};
 use std::sync::Arc;
 use wasmtime::StoreContextMut;
@@ -55,23 +56,21 @@ async fn upload<T: Send + 'static>(
         Err(error) => return Ok(Err(error.into())),
     };
     let started = std::time::Instant::now();
-    let in_place = session.backend() != "cuda" || session.is_idle();
-    let result = if in_place {
+    // Always on the CPU backend; on CUDA while nothing is queued that the copy would wait for.
+    let result = if session.is_idle() {
         // The guest is paused in this call: its memory holds still while the copy runs.
         let bytes = data.as_le_slice(&*store);
         session.upload(dtype.into(), &shape, bytes)
     } else {
         let bytes = data.as_le_slice(&*store).to_vec();
         let worker = Arc::clone(&session);
-        tokio::task::spawn_blocking(move || worker.upload(dtype.into(), &shape, &bytes))
-            .await
-            .map_err(|e| wasmtime::format_err!("GPU worker task failed: {e}"))?
+        run(usize::MAX, move || {
+            worker.upload(dtype.into(), &shape, &bytes)
+        })
+        .await?
     };
     let view = get(store.data_mut());
-    if !session.measures_device_time() {
-        view.ctx
-            .record_busy(started.elapsed(), Some(session.device_index()));
-    }
+    view.ctx.record_host_time(started);
     match result {
         Ok(tensor) => Ok(Ok(view.table.push(HostTensor(Arc::new(tensor)))?)),
         Err(error) => Ok(Err(error.into())),
